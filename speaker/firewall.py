@@ -1,0 +1,111 @@
+"""The firewall reconciler: makes a host's iptables and ipsets match its desired state.
+
+Owns the I/O around `fabric.policy`: reads what is installed (`iptables-save`,
+`ip6tables-save`, `ipset save`), asks the compiler for the patch, and runs it as one
+`ipset restore`, one `iptables-restore --noflush` and one `ip6tables-restore --noflush`
+(plus one `ipset restore` that destroys sets, only when some became stale: a set can
+only go after the last rule using it). It runs inside the host's network namespace
+and simply calls the binaries through the runner it is given.
+
+Must never flush a table, never touch a chain or set that is not Terrace's
+(`TERRACE-…`, `tr-…`), and never edit a rule in FORWARD/INPUT that lacks our comment.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections.abc import Sequence
+from typing import Protocol
+
+from fabric.policy import (
+    FAMILIES,
+    Family,
+    Installed,
+    Patch,
+    RuleSet,
+    compile_host_policy,
+    parse_counters,
+    parse_ipset_save,
+    parse_iptables_save,
+    plan,
+)
+from fabric.state import HostState
+
+log = logging.getLogger(__name__)
+
+_SAVE = {4: "iptables-save", 6: "ip6tables-save"}
+_RESTORE = {4: "iptables-restore", 6: "ip6tables-restore"}
+
+
+class FirewallError(RuntimeError):
+    """A firewall binary failed; the message holds its command and stderr."""
+
+
+class Runner(Protocol):
+    """Runs one command with optional stdin and returns its stdout; raises on failure."""
+
+    def __call__(self, argv: Sequence[str], stdin: str | None = None) -> str: ...
+
+
+def run_command(argv: Sequence[str], stdin: str | None = None) -> str:
+    """The real runner: the binaries of the namespace the speaker runs in."""
+    done = subprocess.run(
+        list(argv), input=stdin, capture_output=True, text=True, check=False, timeout=60
+    )
+    if done.returncode != 0:
+        detail = done.stderr.strip() or done.stdout.strip()
+        raise FirewallError(f"{' '.join(argv)} failed ({done.returncode}): {detail}")
+    return done.stdout
+
+
+class FirewallReconciler:
+    """Level-triggered: `apply` may be called with the same state any number of times."""
+
+    def __init__(self, runner: Runner = run_command) -> None:
+        self._run = runner
+        self.applied: RuleSet | None = None
+        """The rule set installed by the last successful `apply` (hash → origin lookups)."""
+        self.last_patch: Patch | None = None
+        """The scripts the last `apply`/`remove_all` ran (empty when already in sync)."""
+
+    def apply(self, state: HostState) -> None:
+        """Compile the state, diff it against the kernel and install the difference."""
+        desired = compile_host_policy(state)
+        for problem in desired.problems:
+            log.warning("policy for host %s: %s", state.host.name, problem)
+        self._install(desired)
+        self.applied = desired
+
+    def remove_all(self) -> None:
+        """Remove every Terrace chain, jump and set (endpoints become unfiltered)."""
+        self._install(RuleSet.empty())
+        self.applied = None
+
+    def installed(self) -> Installed:
+        """What the kernel holds now, restricted to Terrace's objects and base chains."""
+        tables = {f: parse_iptables_save(self._run([_SAVE[f], "-t", "filter"])) for f in FAMILIES}
+        return Installed(sets=parse_ipset_save(self._run(["ipset", "save"])), tables=tables)
+
+    def counters(self) -> dict[str, int]:
+        """Packets per rule hash (`tr:<hash>` comments), IPv4 and IPv6 summed."""
+        totals: dict[str, int] = {}
+        for family in FAMILIES:
+            text = self._run([_SAVE[family], "-c", "-t", "filter"])
+            for rule_hash, packets in parse_counters(text).items():
+                totals[rule_hash] = totals.get(rule_hash, 0) + packets
+        return totals
+
+    def _install(self, desired: RuleSet) -> None:
+        patch = plan(self.installed(), desired)
+        self.last_patch = patch
+        if patch.ipset:
+            self._run(["ipset", "restore", "-exist"], patch.ipset)
+        for family in FAMILIES:
+            self._restore(family, patch.iptables.get(family, ""))
+        if patch.ipset_cleanup:
+            self._run(["ipset", "restore", "-exist"], patch.ipset_cleanup)
+
+    def _restore(self, family: Family, script: str) -> None:
+        if script:
+            self._run([_RESTORE[family], "--noflush"], script)
