@@ -16,8 +16,12 @@ HOST_INTERFACE_PREFIX = "tr"
 
 
 def short_id(object_id: str) -> str:
-    """Eleven hex characters of sha1(id): short enough for chain and set names."""
-    return hashlib.sha1(object_id.encode()).hexdigest()[:11]
+    """Eleven hex characters of sha256(id): short enough for chain and set names.
+
+    sha256 (not sha1) because `speaker/naming.py:host_veth_name` already names veths
+    that way; the two must agree, so that one should delegate to `host_interface`.
+    """
+    return hashlib.sha256(object_id.encode()).hexdigest()[:11]
 
 
 def host_interface(endpoint_id: str) -> str:
