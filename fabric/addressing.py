@@ -31,9 +31,7 @@ def parse_network(text: str, *, what: str = "CIDR") -> IPNetwork:
             loose = ipaddress.ip_network(text, strict=False)
         except ValueError:
             raise AddressError(f"{text!r} is not a valid {what}: {exc}") from None
-        raise AddressError(
-            f"{text} has host bits set; did you mean {loose}?"
-        ) from None
+        raise AddressError(f"{text} has host bits set; did you mean {loose}?") from None
 
 
 def parse_address(text: str) -> IPAddress:
@@ -69,8 +67,10 @@ def first_fit(
     start = int(parent.network_address)
     end = int(parent.broadcast_address)
     cursor = start
-    for t in sorted((t for t in taken if t.version == parent.version and t.overlaps(parent)),
-                    key=lambda n: int(n.network_address)):
+    for t in sorted(
+        (t for t in taken if t.version == parent.version and t.overlaps(parent)),
+        key=lambda n: int(n.network_address),
+    ):
         t_start, t_end = int(t.network_address), int(t.broadcast_address)
         aligned = _align_up(cursor, size)
         if aligned + size - 1 < t_start:
@@ -126,9 +126,7 @@ def carve_block(
     taken = [b.cidr for b in blocks]
     if rack_prefix_length is None:
         return first_fit(subnet, block_prefix_length, taken)
-    own_slices = {
-        b.cidr.supernet(new_prefix=rack_prefix_length) for b in blocks if b.rack == rack
-    }
+    own_slices = {b.cidr.supernet(new_prefix=rack_prefix_length) for b in blocks if b.rack == rack}
     for slice_ in sorted(own_slices, key=lambda n: int(n.network_address)):
         found = first_fit(slice_, block_prefix_length, taken)
         if found is not None:

@@ -4,7 +4,7 @@
 spines, one ASN per leaf, a private 4-byte ASN per host; an IPv4 /32 and an IPv6 /128
 loopback (the IPv4 one is the router-id) for every spine, leaf and host; a /31 and a
 /127 for every link. The plan is deterministic: nodes are numbered by role (spines,
-leaves, hosts) and then by name, links by their sorted ends, never by file or dict order.
+leaves, hosts) and then by name in natural order (`name_key`: leaf2 before leaf10), links by their sorted ends, never by file or dict order.
 
 Address layout of the underlay ranges: the lower half of `underlay4` holds loopbacks,
 the upper half the link /31s. The first /64 of `underlay6` holds loopbacks, the second
@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from fabric.state import Peer
-from fabric.topology import Link, LinkEnd, Node, Role, Topology
+from fabric.topology import Link, LinkEnd, Node, Role, Topology, name_key
 
 HOST_HOLD_TIME = 9
 MAX_ASN = 4294967294  # 4294967295 is reserved (RFC 7300)
@@ -103,9 +103,9 @@ class FabricPlan:
         return self.hosts[node].asn
 
     def interfaces_of(self, node: str) -> tuple[InterfacePlan, ...]:
-        """The planned interfaces of `node`, sorted by interface name."""
+        """The planned interfaces of `node`, in natural interface order (eth2 before eth10)."""
         found = [_interface(link, node) for link in self.links if node in (link.a, link.b)]
-        return tuple(sorted(found, key=lambda i: i.interface))
+        return tuple(sorted(found, key=lambda i: name_key(i.interface)))
 
     def peers_for_host(self, host_name: str) -> tuple[Peer, ...]:
         """The host's BGP sessions: one IPv4 and one IPv6 per leaf, named after the leaf."""
@@ -128,7 +128,7 @@ class FabricPlan:
                         hold_time=HOST_HOLD_TIME,
                     )
                 )
-        return tuple(sorted(peers, key=lambda p: (p.name, p.family)))
+        return tuple(sorted(peers, key=lambda p: (name_key(p.name), p.family)))
 
     def hosts_of(self, leaf: str) -> tuple[HostPlan, ...]:
         """The hosts linked to `leaf`, sorted by name."""
@@ -288,13 +288,17 @@ def _check_asns(topology: Topology, asns: Mapping[str, int], spine_asn: int) -> 
 def _link_plans(
     topology: Topology, p2p4: ipaddress.IPv4Network, p2p6: ipaddress.IPv6Network
 ) -> tuple[LinkPlan, ...]:
-    oriented = sorted(_oriented(topology, link) for link in topology.links)
+    oriented = sorted((_oriented(topology, link) for link in topology.links), key=_link_key)
     if len(oriented) > p2p4.num_addresses // 2:
         raise PlanError(f"{len(oriented)} links do not fit the link range {p2p4}")
     return tuple(
         _link_plan(a, b, net4, net6)
         for (a, b), net4, net6 in zip(oriented, _pairs4(p2p4), _pairs6(p2p6), strict=False)
     )
+
+
+def _link_key(ends: tuple[LinkEnd, LinkEnd]) -> tuple[object, ...]:
+    return tuple((name_key(e.node), name_key(e.interface)) for e in ends)
 
 
 def _oriented(topology: Topology, link: Link) -> tuple[LinkEnd, LinkEnd]:

@@ -36,6 +36,15 @@ _NODE_KEYS = ("kind", "image", "binds", "labels")
 _ALLOWED_PAIRS = {("leaf", "spine"), ("host", "leaf")}
 
 
+def name_key(name: str) -> tuple[tuple[int, str, int], ...]:
+    """Natural order for node and rack names: leaf2 before leaf10."""
+    return tuple(
+        (1, "", int(part)) if part.isdigit() else (0, part, 0)
+        for part in re.split(r"(\d+)", name)
+        if part
+    )
+
+
 class TopologyError(ValueError):
     """A topology file that cannot be used; the message names the node or link at fault."""
 
@@ -91,7 +100,8 @@ class Topology:
 
     `extra` holds unknown top-level keys and `topology_extra` unknown keys of the
     `topology` section (`kinds`, `defaults`, ...), both kept for the round trip.
-    The role helpers return nodes sorted by name, so callers get a stable order.
+    The helpers return names and nodes in natural name order (`name_key`: leaf2 before
+    leaf10), so callers get a stable order that does not depend on the file.
     """
 
     name: str
@@ -101,9 +111,8 @@ class Topology:
     topology_extra: Mapping[str, Any] = field(default_factory=dict)
 
     def with_role(self, role: Role) -> tuple[Node, ...]:
-        return tuple(
-            sorted((n for n in self.nodes.values() if n.role == role), key=lambda n: n.name)
-        )
+        nodes = (n for n in self.nodes.values() if n.role == role)
+        return tuple(sorted(nodes, key=lambda n: name_key(n.name)))
 
     def spines(self) -> tuple[Node, ...]:
         return self.with_role("spine")
@@ -116,7 +125,9 @@ class Topology:
 
     def racks(self) -> tuple[str, ...]:
         """Every rack named by a leaf or a host, sorted."""
-        return tuple(sorted({n.rack for n in self.nodes.values() if n.rack is not None}))
+        return tuple(
+            sorted({n.rack for n in self.nodes.values() if n.rack is not None}, key=name_key)
+        )
 
     def hosts_in(self, rack: str) -> tuple[Node, ...]:
         return tuple(n for n in self.hosts() if n.rack == rack)
@@ -126,7 +137,7 @@ class Topology:
 
     def neighbours(self, name: str) -> tuple[str, ...]:
         """Names of the nodes linked to `name`, sorted (each once)."""
-        return tuple(sorted({end.node for end, _ in self._far_ends(name)}))
+        return tuple(sorted({end.node for end, _ in self._far_ends(name)}, key=name_key))
 
     def leaves_of(self, host: str) -> tuple[str, ...]:
         """Names of the leaves a host is linked to, sorted."""

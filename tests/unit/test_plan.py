@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any
 
 import pytest
+from fabric_samples import clos, shuffled
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,42 +19,6 @@ TOPOLOGIES = Path(__file__).resolve().parents[2] / "lab" / "topologies"
 
 def _load(name: str) -> Topology:
     return load_topology((TOPOLOGIES / f"{name}.clab.yml").read_text())
-
-
-def clos(
-    racks: int, hosts_per_rack: int, spines: int = 2, dual_homed: bool = False
-) -> dict[str, Any]:
-    """A containerlab document of a Clos fabric (one or two leaves per rack)."""
-    nodes: dict[str, Any] = {}
-    links: list[dict[str, Any]] = []
-    for s in range(1, spines + 1):
-        nodes[f"s{s}"] = {"labels": {"terrace.role": "spine"}}
-    for r in range(1, racks + 1):
-        leaves = [f"l{r}a", f"l{r}b"] if dual_homed else [f"l{r}a"]
-        for leaf in leaves:
-            nodes[leaf] = {"labels": {"terrace.role": "leaf", "terrace.rack": f"r{r}"}}
-            for s in range(1, spines + 1):
-                links.append({"endpoints": [f"s{s}:e{leaf}", f"{leaf}:e{s}"]})
-        for h in range(1, hosts_per_rack + 1):
-            host = f"r{r}h{h}"
-            nodes[host] = {"labels": {"terrace.role": "host", "terrace.rack": f"r{r}"}}
-            for i, leaf in enumerate(leaves, start=1):
-                links.append({"endpoints": [f"{leaf}:h{h}", f"{host}:eth{i}"]})
-    return {"name": "gen", "topology": {"nodes": nodes, "links": links}}
-
-
-def _shuffled(doc: dict[str, Any], seed: int) -> dict[str, Any]:
-    import random
-
-    rng = random.Random(seed)
-    items = list(doc["topology"]["nodes"].items())
-    rng.shuffle(items)
-    links = list(doc["topology"]["links"])
-    rng.shuffle(links)
-    links = [
-        {"endpoints": list(reversed(x["endpoints"]))} if rng.random() < 0.5 else x for x in links
-    ]
-    return {"name": doc["name"], "topology": {"nodes": dict(items), "links": links}}
 
 
 def _all_addresses(plan: FabricPlan) -> list[str]:
@@ -110,8 +74,8 @@ def test_plan_is_independent_of_file_order() -> None:
     doc = clos(3, 2, dual_homed=True)
     reference = plan_fabric(topology_from_document(doc))
     for seed in range(5):
-        assert plan_fabric(topology_from_document(_shuffled(doc, seed))) == _without_topology(
-            reference, topology_from_document(_shuffled(doc, seed))
+        assert plan_fabric(topology_from_document(shuffled(doc, seed))) == _without_topology(
+            reference, topology_from_document(shuffled(doc, seed))
         )
 
 
@@ -182,7 +146,7 @@ def test_generated_topologies_plan_uniquely(
     plan = plan_fabric(topology_from_document(doc))
     assert_unique(plan)
     assert_links_well_formed(plan)
-    shuffled = topology_from_document(_shuffled(doc, seed))
-    assert plan_fabric(shuffled) == _without_topology(plan, shuffled)
+    other = topology_from_document(shuffled(doc, seed))
+    assert plan_fabric(other) == _without_topology(plan, other)
     for host in plan.hosts.values():
         assert len(plan.peers_for_host(host.name)) == 2 * len(host.leaves)

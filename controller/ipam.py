@@ -1,0 +1,289 @@
+"""IPAM in the database: subnets from pools, blocks for hosts, addresses for endpoints.
+
+Every function runs inside the caller's transaction. Choices are made by the pure
+arithmetic in `fabric.addressing`; correctness under concurrency comes from locks taken
+here and, last, from the constraints (exclusion on pools/subnets/blocks, primary key on
+addresses): a racing transaction fails on a constraint and is retried by the caller.
+
+Locks, always in this order, each held until commit:
+  1. `pg_advisory_xact_lock(HOST_LOCK, hash(host, network))` — one allocator per host
+     and network, so a host's free addresses are not picked twice;
+  2. the subnet row (`FOR UPDATE`) while carving a block from it;
+  3. `pg_advisory_xact_lock(POOL_LOCK)` while carving a subnet from the pools.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, replace
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from fabric.addressing import (
+    DEFAULT_BLOCK_PREFIX,
+    IPAddress,
+    IPNetwork,
+    PlacedBlock,
+    borrowable_address,
+    carve_block,
+    first_fit,
+    first_free_address,
+)
+
+POOL_LOCK = 0x7E4ACE01
+HOST_LOCK = 0x7E4ACE02
+
+
+class Exhausted(Exception):
+    """No address, block or subnet can be had; the message says what ran out."""
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    address: IPAddress
+    subnet_id: str
+    block_id: str | None  # None: borrowed
+    new_block: str | None = None  # CIDR of a block carved for this allocation
+    new_subnet: str | None = None  # CIDR of a subnet added by auto-grow
+
+
+def default_block_prefix(family: int, prefix_length: int) -> int:
+    return max(DEFAULT_BLOCK_PREFIX[family], prefix_length)
+
+
+async def carve_subnet_from_pools(
+    conn: AsyncConnection, family: int, prefix_length: int
+) -> tuple[str, IPNetwork] | None:
+    """First fit of a /prefix_length in the pools of `family`: (pool id, cidr)."""
+    await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": POOL_LOCK})
+    pools = (
+        await conn.execute(
+            text("SELECT id::text, cidr FROM pools WHERE family = :f ORDER BY cidr"),
+            {"f": family},
+        )
+    ).all()
+    for pool_id, pool_cidr in pools:
+        pool = ipaddress.ip_network(str(pool_cidr))
+        taken = [
+            ipaddress.ip_network(str(r[0]))
+            for r in await conn.execute(
+                text("SELECT cidr FROM subnets WHERE cidr <<= :p"), {"p": str(pool)}
+            )
+        ]
+        found = first_fit(pool, prefix_length, taken)
+        if found is not None:
+            return pool_id, found
+    return None
+
+
+async def pool_containing(conn: AsyncConnection, cidr: IPNetwork) -> str | None:
+    value = await conn.scalar(
+        text("SELECT id::text FROM pools WHERE cidr >>= :c LIMIT 1"), {"c": str(cidr)}
+    )
+    return str(value) if value is not None else None
+
+
+async def insert_subnet(
+    conn: AsyncConnection,
+    *,
+    network_id: str,
+    pool_id: str,
+    cidr: IPNetwork,
+    block_prefix_length: int,
+    rack_prefix_length: int | None,
+    auto: bool = False,
+) -> dict[str, Any]:
+    row = (
+        await conn.execute(
+            text(
+                "INSERT INTO subnets (network_id, pool_id, cidr, family, block_prefix_length,"
+                " rack_prefix_length, auto) VALUES (:n, :p, :c, :f, :b, :r, :a)"
+                " RETURNING id::text"
+            ),
+            {
+                "n": network_id,
+                "p": pool_id,
+                "c": str(cidr),
+                "f": cidr.version,
+                "b": block_prefix_length,
+                "r": rack_prefix_length,
+                "a": auto,
+            },
+        )
+    ).one()
+    return {
+        "id": row[0],
+        "cidr": str(cidr),
+        "family": cidr.version,
+        "network_id": network_id,
+        "pool_id": pool_id,
+        "block_prefix_length": block_prefix_length,
+        "rack_prefix_length": rack_prefix_length,
+        "auto": auto,
+    }
+
+
+async def allocate(
+    conn: AsyncConnection,
+    *,
+    network_id: str,
+    host_id: str,
+    rack: str | None,
+    family: int,
+    auto_grow: bool,
+) -> Allocation:
+    """An address of `family` in network for an endpoint on host: from the host's
+    blocks, else a new block, else (auto-grow) a new subnet, else a borrowed address."""
+    await conn.execute(
+        text("SELECT pg_advisory_xact_lock(:k, hashtext(:h || :n))"),
+        {"k": HOST_LOCK & 0x7FFFFFFF, "h": host_id, "n": network_id},
+    )
+    found = await _from_host_blocks(conn, network_id, host_id, family)
+    if found is not None:
+        return found
+    subnets = await _subnets(conn, network_id, family)
+    for subnet in subnets:
+        carved = await _carve_block(conn, subnet, host_id, rack)
+        if carved is not None:
+            return carved
+    if auto_grow and subnets:
+        grown = await _grow(conn, network_id, family, subnets[0])
+        if grown is not None:
+            carved = await _carve_block(conn, grown, host_id, rack)
+            if carved is not None:
+                return replace(carved, new_subnet=str(grown["cidr"]))
+    for subnet in subnets:
+        borrowed = await _borrow(conn, subnet)
+        if borrowed is not None:
+            return borrowed
+    if not subnets:
+        raise Exhausted(
+            f"the network has no IPv{family} subnet; add one with "
+            f"POST /v1/networks/{network_id}/subnets"
+        )
+    raise Exhausted(
+        f"every IPv{family} address of network {network_id} is in use; add a subnet "
+        "or enable auto_grow"
+    )
+
+
+async def _from_host_blocks(
+    conn: AsyncConnection, network_id: str, host_id: str, family: int
+) -> Allocation | None:
+    rows = (
+        await conn.execute(
+            text(
+                "SELECT b.id::text, b.cidr, b.subnet_id::text FROM blocks b "
+                "JOIN subnets s ON s.id = b.subnet_id "
+                "WHERE b.host_id = :h AND s.network_id = :n AND s.family = :f ORDER BY b.cidr"
+            ),
+            {"h": host_id, "n": network_id, "f": family},
+        )
+    ).all()
+    for block_id, cidr, subnet_id in rows:
+        block = ipaddress.ip_network(str(cidr))
+        used = await _used_in(conn, block)
+        address = first_free_address(block, used)
+        if address is not None:
+            return Allocation(address, subnet_id, block_id)
+    return None
+
+
+async def _used_in(conn: AsyncConnection, cidr: IPNetwork) -> list[IPAddress]:
+    rows = await conn.execute(
+        text("SELECT address FROM addresses WHERE address <<= :c"), {"c": str(cidr)}
+    )
+    return [ipaddress.ip_address(str(r[0]).split("/")[0]) for r in rows]
+
+
+async def _subnets(conn: AsyncConnection, network_id: str, family: int) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        text(
+            "SELECT id::text, cidr, block_prefix_length, rack_prefix_length FROM subnets "
+            "WHERE network_id = :n AND family = :f ORDER BY created_at, cidr"
+        ),
+        {"n": network_id, "f": family},
+    )
+    return [
+        {"id": r[0], "cidr": ipaddress.ip_network(str(r[1])), "block": r[2], "rack": r[3]}
+        for r in rows
+    ]
+
+
+async def _carve_block(
+    conn: AsyncConnection, subnet: dict[str, Any], host_id: str, rack: str | None
+) -> Allocation | None:
+    await conn.execute(text("SELECT 1 FROM subnets WHERE id = :s FOR UPDATE"), {"s": subnet["id"]})
+    rows = await conn.execute(
+        text(
+            "SELECT b.cidr, r.name FROM blocks b JOIN hosts h ON h.id = b.host_id "
+            "JOIN racks r ON r.id = h.rack_id WHERE b.subnet_id = :s"
+        ),
+        {"s": subnet["id"]},
+    )
+    placed = [PlacedBlock(ipaddress.ip_network(str(r[0])), r[1]) for r in rows]
+    cidr = carve_block(
+        subnet["cidr"], subnet["block"], placed, rack=rack, rack_prefix_length=subnet["rack"]
+    )
+    if cidr is None:
+        return None
+    used = await _used_in(conn, cidr)
+    address = first_free_address(cidr, used)
+    if address is None:  # every address of the range is borrowed: leave it
+        return None
+    block_id = await conn.scalar(
+        text(
+            "INSERT INTO blocks (subnet_id, host_id, cidr) VALUES (:s, :h, :c) RETURNING id::text"
+        ),
+        {"s": subnet["id"], "h": host_id, "c": str(cidr)},
+    )
+    return Allocation(address, subnet["id"], str(block_id), new_block=str(cidr))
+
+
+async def _grow(
+    conn: AsyncConnection, network_id: str, family: int, model: dict[str, Any]
+) -> dict[str, Any] | None:
+    prefix = model["cidr"].prefixlen
+    carved = await carve_subnet_from_pools(conn, family, prefix)
+    if carved is None:
+        return None
+    pool_id, cidr = carved
+    row = await insert_subnet(
+        conn,
+        network_id=network_id,
+        pool_id=pool_id,
+        cidr=cidr,
+        block_prefix_length=model["block"],
+        rack_prefix_length=model["rack"],
+        auto=True,
+    )
+    return {"id": row["id"], "cidr": cidr, "block": model["block"], "rack": model["rack"]}
+
+
+async def _borrow(conn: AsyncConnection, subnet: dict[str, Any]) -> Allocation | None:
+    cidr: IPNetwork = subnet["cidr"]
+    used = await _used_in(conn, cidr)
+    block_rows = await conn.execute(
+        text("SELECT cidr FROM blocks WHERE subnet_id = :s"), {"s": subnet["id"]}
+    )
+    blocks = [ipaddress.ip_network(str(r[0])) for r in block_rows]
+    address = borrowable_address(cidr, used, blocks)
+    if address is None:
+        return None
+    return Allocation(address, subnet["id"], None)
+
+
+async def release_empty_blocks(conn: AsyncConnection, block_ids: list[str]) -> list[str]:
+    """Give blocks with no address left back to their subnet; their CIDRs."""
+    if not block_ids:
+        return []
+    rows = await conn.execute(
+        text(
+            "DELETE FROM blocks b WHERE b.id = ANY(CAST(:ids AS uuid[])) AND NOT EXISTS "
+            "(SELECT 1 FROM addresses a WHERE a.block_id = b.id) RETURNING b.cidr"
+        ),
+        {"ids": block_ids},
+    )
+    return [str(r[0]) for r in rows]

@@ -1,0 +1,522 @@
+"""BGP part of a host's desired state: an ExaBGP child announcing the host's prefixes.
+
+Pure half: `render_exabgp_config` (one session per peer in `state.peers`, graceful
+restart, manual end-of-RIB), `desired_prefixes` (blocks and borrowed addresses) and
+`batch_commands` (`announce|withdraw attributes next-hop self nlri P1 P2 ...`, one family
+per line, each line under `MAX_LINE_BYTES`), `parse_api_line` (ExaBGP's JSON encoder).
+
+Acting half: `BgpSpeaker` runs ExaBGP with `speaker.exabgp_relay` as its API process,
+talks to it over a unix socket in its runtime directory, always drains acks and events,
+announces what is desired and withdraws what is not, re-injects everything when ExaBGP
+restarts (it loses its RIB), restarts it when the peers change, and adopts an ExaBGP left
+running by a previous speaker (same config) so a speaker restart never drops a session.
+
+It owns only its runtime directory and the ExaBGP it started. It must never announce
+a prefix that is not in the desired state, and never send a routing change before the
+caller has applied the firewall and the kernel routes for it (the agent's apply order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from fabric.state import HostState, Peer
+
+log = logging.getLogger(__name__)
+
+MAX_LINE_BYTES = 256 * 1024
+"""Well under ExaBGP's 1 MiB API line limit; one line is one BGP batch."""
+
+GRACEFUL_RESTART_SECONDS = 120
+AFI = {4: "ipv4", 6: "ipv6"}
+EXABGP_ENV = {
+    "exabgp.daemon.user": "root",
+    "exabgp.daemon.daemonize": "false",
+    "exabgp.api.cli": "false",
+    "exabgp.api.ack": "true",
+    "exabgp.api.respawn": "true",
+    "exabgp.log.destination": "stdout",
+}
+
+Action = Literal["announce", "withdraw"]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One API line and the prefixes it carries."""
+
+    line: str
+    prefixes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEvent:
+    peer_address: str
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NeighborTable:
+    states: dict[str, str]
+
+
+ApiMessage = SessionEvent | Ack | NeighborTable
+
+
+@dataclass(slots=True)
+class BgpReport:
+    """What BGP looks like after an apply: prefixes announced, sessions, ExaBGP's pid."""
+
+    announced: int = 0
+    desired: int = 0
+    sessions: list[dict[str, Any]] = field(default_factory=list)
+    exabgp_pid: int | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+def desired_prefixes(state: HostState) -> set[str]:
+    """The host's blocks and its borrowed single addresses, as canonical CIDRs."""
+    prefixes = {str(ipaddress.ip_network(b.cidr)) for b in state.blocks}
+    for borrowed in state.borrowed:
+        ip = ipaddress.ip_address(borrowed.address)
+        prefixes.add(f"{ip}/{ip.max_prefixlen}")
+    return prefixes
+
+
+def _prefix_key(prefix: str) -> tuple[int, Any]:
+    network = ipaddress.ip_network(prefix)
+    return network.version, network
+
+
+def batch_commands(
+    action: Action, prefixes: Iterable[str], *, max_bytes: int = MAX_LINE_BYTES
+) -> list[Batch]:
+    """Lines of at most `max_bytes`, one address family per line, in address order."""
+    batches: list[Batch] = []
+    ordered = sorted(set(prefixes), key=_prefix_key)
+    for family in (4, 6):
+        head = f"{action} attributes next-hop self nlri"
+        current: list[str] = []
+        size = len(head)
+        for prefix in (p for p in ordered if ipaddress.ip_network(p).version == family):
+            if current and size + 1 + len(prefix) > max_bytes:
+                batches.append(Batch(f"{head} {' '.join(current)}", tuple(current)))
+                current, size = [], len(head)
+            current.append(prefix)
+            size += 1 + len(prefix)
+        if current:
+            batches.append(Batch(f"{head} {' '.join(current)}", tuple(current)))
+    return batches
+
+
+def _neighbor_block(peer: Peer, router_id: str, graceful_restart: int) -> str:
+    return f"""neighbor {peer.peer_address} {{
+    description "{peer.name}";
+    router-id {router_id};
+    local-address {peer.local_address};
+    local-as {peer.local_asn};
+    peer-as {peer.peer_asn};
+    hold-time {peer.hold_time};
+    manual-eor true;
+    group-updates true;
+    capability {{
+        graceful-restart {graceful_restart};
+    }}
+    family {{
+        {AFI[peer.family]} unicast;
+    }}
+    api {{
+        processes [ terrace ];
+        neighbor-changes;
+    }}
+}}
+"""
+
+
+def render_exabgp_config(
+    state: HostState, api_command: str, *, graceful_restart: int = GRACEFUL_RESTART_SECONDS
+) -> str:
+    """ExaBGP's configuration: the relay as API process, one neighbor per peer session."""
+    router_id = state.host.address
+    if ipaddress.ip_address(router_id).version != 4:
+        v4 = [p.local_address for p in state.peers if p.family == 4]
+        router_id = v4[0] if v4 else "0.0.0.1"
+    process = f"process terrace {{\n    run {api_command};\n    encoder json;\n}}\n"
+    peers = sorted(state.peers, key=lambda p: (p.family, p.peer_address))
+    return process + "".join(
+        "\n" + _neighbor_block(peer, router_id, graceful_restart) for peer in peers
+    )
+
+
+def parse_api_line(line: str) -> ApiMessage | None:
+    """One line from ExaBGP: an ack, a session state change, or a neighbor table."""
+    text = line.strip()
+    if text in ("done", "error"):
+        return Ack(ok=text == "done")
+    if not text.startswith(("{", "[")):
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(doc, list):
+        states = {
+            str(n.get("peer-address")): str(n.get("state", "unknown")).lower()
+            for n in doc
+            if isinstance(n, dict)
+        }
+        return NeighborTable(states)
+    if doc.get("type") == "state":
+        neighbor = doc.get("neighbor", {})
+        peer = neighbor.get("address", {}).get("peer")
+        return SessionEvent(str(peer), str(neighbor.get("state", "unknown")))
+    return None
+
+
+class ExabgpProcess:
+    """The ExaBGP process: spawned by us, or adopted from a previous speaker via its pidfile."""
+
+    def __init__(self, runtime_dir: Path, command: Sequence[str]) -> None:
+        self.dir = runtime_dir
+        self.command = list(command)
+        self.config_path = runtime_dir / "exabgp.conf"
+        self.pid_path = runtime_dir / "exabgp.pid"
+        self.log_path = runtime_dir / "exabgp.log"
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None
+
+    def running_config(self) -> str | None:
+        """The config of an ExaBGP still running from before, if there is one."""
+        try:
+            pid = int(self.pid_path.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        if str(self.config_path).encode() not in cmdline:
+            return None
+        self.pid = pid
+        return self.config_path.read_text()
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        if self.pid is None:
+            return False
+        try:
+            status = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return status != "Z"
+
+    def start(self, config: str) -> int:
+        self.config_path.write_text(config)
+        env = {**os.environ, **EXABGP_ENV}
+        with self.log_path.open("ab") as logfile:
+            self.popen = subprocess.Popen(
+                [*self.command, str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # outlives a killed speaker; the next one adopts it
+            )
+        self.pid = self.popen.pid
+        self.pid_path.write_text(str(self.pid))
+        return self.pid
+
+    def stop(self, sig: signal.Signals = signal.SIGKILL, timeout: float = 5.0) -> None:
+        """SIGKILL keeps the leaf's routes (graceful restart); SIGTERM makes it withdraw."""
+        if self.pid is not None and self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+            if self.popen is not None:
+                try:
+                    self.popen.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.popen.kill()
+                    self.popen.wait()
+        self.popen = None
+        self.pid = None
+        self.pid_path.unlink(missing_ok=True)
+
+    def last_log_lines(self, count: int = 5) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-count:])
+        except OSError:
+            return ""
+
+
+def default_exabgp_command() -> list[str]:
+    return [sys.executable, "-m", "exabgp"]
+
+
+class BgpSpeaker:
+    """Keeps an ExaBGP announcing exactly the desired prefixes of a `HostState`."""
+
+    def __init__(
+        self,
+        runtime_dir: str | os.PathLike[str],
+        *,
+        exabgp_command: Sequence[str] | None = None,
+        graceful_restart: int = GRACEFUL_RESTART_SECONDS,
+        ack_timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.dir = Path(runtime_dir)
+        self.graceful_restart = graceful_restart
+        self.ack_timeout = ack_timeout
+        self.connect_timeout = connect_timeout
+        self.process = ExabgpProcess(self.dir, exabgp_command or default_exabgp_command())
+        self.socket_path = self.dir / "api.sock"
+        self.announced_path = self.dir / "announced.json"
+        self.desired: set[str] = set()
+        self.announced: set[str] = set()
+        self.peers: tuple[Peer, ...] = ()
+        self.session_states: dict[str, str] = {}
+        self.errors: list[str] = []
+        self._config: str | None = None
+        self._server: asyncio.Server | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._acks: deque[asyncio.Future[bool]] = deque()
+        self._lock = asyncio.Lock()
+        self._synced = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._restarts = 0
+
+    # ---- public --------------------------------------------------------------------
+
+    async def apply(self, state: HostState) -> BgpReport:
+        """Announce `state`'s prefixes and withdraw the rest; (re)start ExaBGP if needed."""
+        await self._listen()
+        self.desired = desired_prefixes(state)
+        self.peers = state.peers
+        if not state.peers:
+            await self._stop_exabgp(signal.SIGTERM)
+            return self.report()
+        api = f"{sys.executable} -m speaker.exabgp_relay {self.socket_path}"
+        config = render_exabgp_config(state, api, graceful_restart=self.graceful_restart)
+        if config != self._config or not self.process.alive():
+            await self._start_or_adopt(config)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._connected.wait(), self.connect_timeout)
+        await self._sync()
+        return self.report()
+
+    def report(self) -> BgpReport:
+        sessions = [
+            {
+                "name": p.name,
+                "family": p.family,
+                "peer_address": p.peer_address,
+                "state": self.session_states.get(p.peer_address, "unknown"),
+            }
+            for p in self.peers
+        ]
+        return BgpReport(
+            announced=len(self.announced),
+            desired=len(self.desired),
+            sessions=sessions,
+            exabgp_pid=self.process.pid if self.process.alive() else None,
+            errors=list(self.errors),
+        )
+
+    async def close(self, *, stop_exabgp: bool = True) -> None:
+        """Stop talking to ExaBGP; stop it too (SIGTERM: it withdraws) unless told not to."""
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            self._supervisor = None
+        if stop_exabgp:
+            await self._stop_exabgp(signal.SIGTERM)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        self.socket_path.unlink(missing_ok=True)
+
+    # ---- process -------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        if self._server is not None:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.socket_path.unlink(missing_ok=True)
+        self._server = await asyncio.start_unix_server(self._on_relay, path=str(self.socket_path))
+        self._supervisor = asyncio.create_task(self._supervise())
+
+    async def _start_or_adopt(self, config: str) -> None:
+        if self._config is None and self.process.running_config() == config:
+            self._config = config
+            self.announced = self._load_announced()
+            log.info("adopted running ExaBGP pid %s", self.process.pid)
+            return
+        await self._stop_exabgp(signal.SIGKILL)  # graceful restart keeps the leaf's routes
+        self._config = config
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self.announced = set()
+        self.announced_path.unlink(missing_ok=True)
+        self.session_states = {}
+        pid = self.process.start(self._config or "")
+        log.info("started ExaBGP pid %s", pid)
+
+    async def _stop_exabgp(self, sig: signal.Signals) -> None:
+        if self.process.pid is not None:
+            log.info("stopping ExaBGP pid %s with %s", self.process.pid, sig.name)
+        await asyncio.to_thread(self.process.stop, sig)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._connected.clear()
+        self._fail_acks()
+        self._config = None
+        self.announced = set()
+        self.announced_path.unlink(missing_ok=True)
+        self.session_states = {}
+
+    async def _supervise(self) -> None:
+        """Restart ExaBGP when it dies (with backoff), and refresh session states."""
+        backoff = 0.5
+        while True:
+            await asyncio.sleep(0.5)
+            if self._config is not None and not self.process.alive():
+                tail = self.process.last_log_lines()
+                self.errors = [f"ExaBGP exited; restarting. Last log lines:\n{tail}"]
+                log.warning("ExaBGP pid %s exited; restarting", self.process.pid)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                self._restarts += 1
+                self._spawn()
+            elif self.process.alive():
+                backoff = 0.5
+
+    # ---- API connection ------------------------------------------------------------
+
+    async def _on_relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A relay connected: the API of a new or adopted ExaBGP. Re-sync, then keep reading."""
+        if self._writer is not None:
+            self._writer.close()
+        self._fail_acks()
+        self._writer = writer
+        self._connected.set()
+        self._synced.clear()
+        self._spawn_task(self._sync())
+        try:
+            while line := await reader.readline():
+                self._handle(line.decode(errors="replace"))
+        finally:
+            if self._writer is writer:
+                self._writer = None
+                self._connected.clear()
+                self._fail_acks()
+            writer.close()
+
+    def _handle(self, line: str) -> None:
+        message = parse_api_line(line)
+        if isinstance(message, Ack):
+            if self._acks:
+                future = self._acks.popleft()
+                if not future.done():
+                    future.set_result(message.ok)
+        elif isinstance(message, SessionEvent):
+            previous = self.session_states.get(message.peer_address)
+            self.session_states[message.peer_address] = message.state
+            if previous != message.state:
+                log.info("BGP session %s %s", message.peer_address, message.state)
+            if message.state == "up":
+                self._spawn_task(self._end_of_rib(message.peer_address))
+        elif isinstance(message, NeighborTable):
+            self.session_states.update(
+                {p: ("up" if s == "established" else s) for p, s in message.states.items()}
+            )
+
+    def _spawn_task(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _fail_acks(self) -> None:
+        while self._acks:
+            future = self._acks.popleft()
+            if not future.done():
+                future.set_result(False)
+
+    async def _command(self, line: str) -> bool:
+        """Send one line and wait for its ack; False if refused or the relay went away."""
+        writer = self._writer
+        if writer is None:
+            return False
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._acks.append(future)
+        writer.write(line.encode() + b"\n")
+        try:
+            await writer.drain()
+            return await asyncio.wait_for(future, self.ack_timeout)
+        except (OSError, TimeoutError):
+            return False
+
+    async def _sync(self) -> None:
+        """Withdraw what is no longer desired, announce what is missing, in batches."""
+        async with self._lock:
+            if self._writer is None:
+                return
+            errors: list[str] = []
+            for batch in batch_commands("withdraw", self.announced - self.desired):
+                if await self._command(batch.line):
+                    self.announced.difference_update(batch.prefixes)
+                    log.info("withdrew %s", " ".join(batch.prefixes))
+                else:
+                    errors.append(f"ExaBGP refused: {batch.line[:120]}")
+            for batch in batch_commands("announce", self.desired - self.announced):
+                if await self._command(batch.line):
+                    self.announced.update(batch.prefixes)
+                    log.info("announced %s", " ".join(batch.prefixes))
+                else:
+                    errors.append(f"ExaBGP refused: {batch.line[:120]}")
+            self._save_announced()
+            await self._command("show neighbor json")
+            self.errors = errors
+            if not errors:
+                self._synced.set()
+
+    async def _end_of_rib(self, peer_address: str) -> None:
+        """After (re)establishment and a full sync, tell the leaf our RIB is complete."""
+        await self._synced.wait()
+        family = next((p.family for p in self.peers if p.peer_address == peer_address), 4)
+        async with self._lock:
+            await self._command(f"neighbor {peer_address} announce eor {AFI[family]} unicast")
+
+    def _save_announced(self) -> None:
+        tmp = self.announced_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(sorted(self.announced)))
+        tmp.replace(self.announced_path)
+
+    def _load_announced(self) -> set[str]:
+        try:
+            return set(json.loads(self.announced_path.read_text()))
+        except (OSError, ValueError):
+            return set()
