@@ -4,7 +4,8 @@
 spines, one ASN per leaf, a private 4-byte ASN per host; an IPv4 /32 and an IPv6 /128
 loopback (the IPv4 one is the router-id) for every spine, leaf and host; a /31 and a
 /127 for every link. The plan is deterministic: nodes are numbered by role (spines,
-leaves, hosts) and then by name in natural order (`name_key`: leaf2 before leaf10), links by their sorted ends, never by file or dict order.
+leaves, hosts) and then by name in natural order (`name_key`: leaf2 before leaf10),
+links by their sorted ends; never by file or dict order.
 
 Address layout of the underlay ranges: the lower half of `underlay4` holds loopbacks,
 the upper half the link /31s. The first /64 of `underlay6` holds loopbacks, the second

@@ -16,7 +16,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
-from fabric_samples import clos
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +23,7 @@ from fabric.frr import RenderError, render_router_config, router_config
 from fabric.plan import FabricPlan, plan_fabric
 from fabric.routes import aggregates_for
 from fabric.topology import load_topology, topology_from_document
+from tests.unit.fabric_samples import clos
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = ROOT / "tests" / "golden"

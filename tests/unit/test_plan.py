@@ -6,13 +6,13 @@ import ipaddress
 from pathlib import Path
 
 import pytest
-from fabric_samples import clos, shuffled
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fabric.plan import FabricPlan, PlanError, plan_fabric
 from fabric.state import Peer
 from fabric.topology import Topology, load_topology, topology_from_document
+from tests.unit.fabric_samples import clos, shuffled
 
 TOPOLOGIES = Path(__file__).resolve().parents[2] / "lab" / "topologies"
 
