@@ -12,7 +12,8 @@ functions and `fabric.frr` obey it.
 The route count model counts tenant prefixes (host allocations, aggregates), not the
 underlay loopbacks and links, and counts each prefix once per router (RIB entries, not
 paths): a spine carries what every leaf announces; a leaf carries its own hosts' routes
-(and its aggregates) plus what every other leaf announces.
+(and its aggregates) plus what every other leaf announces. Like FRR, a leaf originates
+an aggregate only while some more-specific route inside it exists.
 
 Pure: no I/O, no rendering.
 """
@@ -101,9 +102,9 @@ def route_counts(
 ) -> dict[str, RouteCount]:
     """Per spine and leaf: prefixes carried without and with rack aggregation."""
     own = {leaf: _own_prefixes(plan, leaf, allocations) for leaf in _leaves(plan)}
-    summaries = {leaf: {parse_network(c) for c in aggregates.get(leaf, ())} for leaf in own}
-    announced = {leaf: _announced(own[leaf], summaries[leaf]) for leaf in own}
     everything = _union(own.values())
+    summaries = {leaf: _active(aggregates.get(leaf, ()), everything) for leaf in own}
+    announced = {leaf: _announced(own[leaf], summaries[leaf]) for leaf in own}
     counts: dict[str, RouteCount] = {}
     for router in plan.routers.values():
         if router.role == "spine":
@@ -134,6 +135,12 @@ def _own_prefixes(
         for host in plan.hosts_of(leaf)
         for cidr in allocations.get(host.name, ())
     }
+
+
+def _active(cidrs: Sequence[str], prefixes: set[IPNetwork]) -> set[IPNetwork]:
+    """The summaries FRR originates: those with at least one more-specific in its table."""
+    summaries = {parse_network(c) for c in cidrs}
+    return {s for s in summaries if any(_covered(p, (s,)) for p in prefixes)}
 
 
 def _announced(own: set[IPNetwork], summaries: set[IPNetwork]) -> set[IPNetwork]:
