@@ -6,7 +6,7 @@ import dataclasses
 import logging
 
 import pytest
-from netfilter_fake import FakeNetfilter, NetfilterError
+from tests.unit.netfilter_fake import FakeNetfilter, NetfilterError
 
 from fabric.naming import host_interface
 from fabric.policy import (

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from netfilter_fake import FakeNetfilter
+from tests.unit.netfilter_fake import FakeNetfilter
 
 from fabric.policy import (
     FROM_ENDPOINT_CHAIN,
