@@ -102,7 +102,8 @@ async def test_unmigrated_database_is_refused(tmp_path: Path) -> None:
     try:
         url = with_database(server_url(), name)
         env = {**os.environ, "TERRACE_ADMIN_TOKEN": ADMIN_TOKEN}
-        done = subprocess.run(
+        done = await asyncio.to_thread(
+            subprocess.run,
             [
                 sys.executable,
                 "-m",
@@ -123,7 +124,8 @@ async def test_unmigrated_database_is_refused(tmp_path: Path) -> None:
         )
         assert done.returncode == 1
         assert "terrace db upgrade" in done.stderr
-        upgraded = subprocess.run(
+        upgraded = await asyncio.to_thread(
+            subprocess.run,
             [sys.executable, "-m", "terrace.cli", "db", "upgrade", "--database-url", url],
             capture_output=True,
             text=True,
