@@ -41,6 +41,8 @@ MAX_LINE_BYTES = 256 * 1024
 """Well under ExaBGP's 1 MiB API line limit; one line is one BGP batch."""
 
 GRACEFUL_RESTART_SECONDS = 120
+RELAY_SCRIPT = Path(__file__).with_name("exabgp_relay.py")
+"""Run by path, not `-m`: it needs only the stdlib, whatever ExaBGP's cwd and sys.path."""
 AFI = {4: "ipv4", 6: "ipv6"}
 EXABGP_ENV = {
     "exabgp.daemon.user": "root",
@@ -166,6 +168,13 @@ def render_exabgp_config(
     )
 
 
+def _neighbor_state(neighbor: dict[str, Any]) -> str:
+    """`up`, or the FSM state in lower case (idle, active, connect, opensent, ...)."""
+    if neighbor.get("state") == "up" or str(neighbor.get("fsm")).lower() == "established":
+        return "up"
+    return str(neighbor.get("fsm") or neighbor.get("state") or "down").lower()
+
+
 def parse_api_line(line: str) -> ApiMessage | None:
     """One line from ExaBGP: an ack, a session state change, or a neighbor table."""
     text = line.strip()
@@ -178,12 +187,13 @@ def parse_api_line(line: str) -> ApiMessage | None:
     except ValueError:
         return None
     if isinstance(doc, list):
-        states = {
-            str(n.get("peer-address")): str(n.get("state", "unknown")).lower()
-            for n in doc
-            if isinstance(n, dict)
-        }
-        return NeighborTable(states)
+        return NeighborTable(
+            {
+                str(n.get("peer", {}).get("address")): _neighbor_state(n)
+                for n in doc
+                if isinstance(n, dict)
+            }
+        )
     if doc.get("type") == "state":
         neighbor = doc.get("neighbor", {})
         peer = neighbor.get("address", {}).get("peer")
@@ -313,7 +323,7 @@ class BgpSpeaker:
         if not state.peers:
             await self._stop_exabgp(signal.SIGTERM)
             return self.report()
-        api = f"{sys.executable} -m speaker.exabgp_relay {self.socket_path}"
+        api = f"{sys.executable} {RELAY_SCRIPT} {self.socket_path}"
         config = render_exabgp_config(state, api, graceful_restart=self.graceful_restart)
         if config != self._config or not self.process.alive():
             await self._start_or_adopt(config)
@@ -450,9 +460,7 @@ class BgpSpeaker:
             if message.state == "up":
                 self._spawn_task(self._end_of_rib(message.peer_address))
         elif isinstance(message, NeighborTable):
-            self.session_states.update(
-                {p: ("up" if s == "established" else s) for p, s in message.states.items()}
-            )
+            self.session_states.update(message.states)
 
     def _spawn_task(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)

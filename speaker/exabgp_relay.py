@@ -1,8 +1,8 @@
 """ExaBGP's API process: relays its stdin/stdout to the speaker over a unix socket.
 
-ExaBGP starts this as `python -m speaker.exabgp_relay SOCKET`. Lines the speaker sends
-on the socket go to ExaBGP (commands); every line ExaBGP writes (acks, JSON events,
-answers) goes back to the speaker, or is dropped while no speaker is connected. The
+ExaBGP starts this as `python .../speaker/exabgp_relay.py SOCKET` (stdlib only). Lines
+the speaker sends on the socket go to ExaBGP (commands); every line ExaBGP writes (acks,
+JSON events, answers) goes back to the speaker, or is dropped while none is connected. The
 relay always keeps reading ExaBGP's output (an API process that stops reading blocks
 ExaBGP), reconnects when the speaker restarts, and exits only when ExaBGP closes its
 stdin (ExaBGP is gone). It must never interpret or change a line.

@@ -8,13 +8,13 @@ never do I/O. Changing a value here orphans what older speakers created, so don'
 
 from __future__ import annotations
 
-import hashlib
+from fabric.naming import HOST_INTERFACE_PREFIX, host_interface
 
 ROUTE_PROTO = 84
 """Route protocol number of every route Terrace installs (0x54, 'T'; unused by iproute2)."""
 
-VETH_PREFIX = "tr"
-"""Host-side veth names are `tr` + 11 hex chars: 13 chars, under IFNAMSIZ (15)."""
+VETH_PREFIX = HOST_INTERFACE_PREFIX
+"""Host-side veth names are `tr` + 11 hex chars (fabric.naming, shared with the firewall)."""
 
 VETH_ALIAS_PREFIX = "terrace:"
 """Alias of every host-side veth we created: `terrace:<endpoint id>:<fingerprint>`."""
@@ -30,9 +30,8 @@ HOST_VETH_MAC = "ee:ee:ee:ee:ee:ee"
 
 
 def host_veth_name(endpoint_id: str) -> str:
-    """The host-side veth name of an endpoint: deterministic, 13 characters."""
-    digest = hashlib.sha256(endpoint_id.encode()).hexdigest()
-    return f"{VETH_PREFIX}{digest[:11]}"
+    """The host-side veth name of an endpoint; the one mapping lives in `fabric.naming`."""
+    return host_interface(endpoint_id)
 
 
 def veth_alias(endpoint_id: str, fingerprint: str) -> str:

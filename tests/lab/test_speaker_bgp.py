@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,8 @@ def _require_lab() -> None:
     missing = [] if os.geteuid() == 0 else ["root"]
     missing += [str(FRR / d) for d in ("zebra", "bgpd") if not (FRR / d).exists()]
     missing += [t for t in ("ip", "vtysh") if shutil.which(t) is None]
-    if subprocess.run([sys.executable, "-m", "exabgp", "version"], capture_output=True).returncode:
+    version = [sys.executable, "-m", "exabgp", "version"]
+    if subprocess.run(version, capture_output=True, check=False).returncode:
         missing.append("exabgp")
     if missing:
         message = f"lab test needs {', '.join(missing)}"
@@ -50,16 +53,16 @@ def sh(*args: str, check: bool = True) -> str:
     return done.stdout
 
 
-async def wait_for(what: str, probe: Callable[[], Any], deadline: float = 60.0) -> Any:
-    """Poll `probe` until truthy; fail with the last value seen."""
+async def wait_until(
+    what: str, condition: Callable[[], bool], seen: Callable[[], Any], deadline: float = 60.0
+) -> None:
+    """Poll `condition` until true; on timeout fail with what `seen` shows last."""
     end = time.monotonic() + deadline
-    last: Any = None
     while time.monotonic() < end:
-        last = probe()
-        if last:
-            return last
+        if condition():
+            return
         await asyncio.sleep(0.25)
-    pytest.fail(f"timed out waiting for {what}; last seen: {last!r}")
+    pytest.fail(f"timed out waiting for {what}; last seen: {seen()!r}")
 
 
 LEAF_CONF = f"""frr defaults datacenter
@@ -126,10 +129,8 @@ class Fabric:
     def down(self) -> None:
         for ns in (self.host, self.leaf):
             for pid in sh("ip", "netns", "pids", ns, check=False).split():
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             sh("ip", "netns", "del", ns, check=False)
         shutil.rmtree(Path("/var/run/frr") / self.leaf, ignore_errors=True)
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -186,55 +187,89 @@ def speaker_in(fabric: Fabric) -> BgpSpeaker:
     return BgpSpeaker(fabric.dir / "speaker", exabgp_command=command)
 
 
-def both_up(fabric: Fabric) -> Callable[[], Any]:
-    def probe() -> Any:
-        states = fabric.established()
-        return states if states.get(HOST4) == states.get(HOST6) == "Established" else None
-
-    return probe
+def sessions_established(fabric: Fabric) -> bool:
+    states = fabric.established()
+    return states.get(HOST4) == states.get(HOST6) == "Established"
 
 
 async def test_announce_withdraw_and_reinject_after_exabgp_dies(fabric: Fabric) -> None:
     speaker = speaker_in(fabric)
+    leaf4 = partial(fabric.leaf_prefixes, 4)
+    leaf6 = partial(fabric.leaf_prefixes, 6)
     try:
         blocks = ("10.64.0.0/28", "10.64.0.16/28", "2001:db8:64::/120")
         report = await speaker.apply(host_state(1, blocks, borrowed=("10.65.0.7",)))
         assert report.exabgp_pid, report
-        await wait_for("both sessions Established", both_up(fabric))
-        await wait_for(
-            "IPv4 blocks and the borrowed /32 at the leaf",
-            lambda: {"10.64.0.0/28", "10.64.0.16/28", "10.65.0.7/32"} <= fabric.leaf_prefixes(4)
-            or fabric.leaf_prefixes(4),
+        await wait_until(
+            "both sessions Established", partial(sessions_established, fabric), fabric.established
         )
-        assert {"10.64.0.0/28", "10.64.0.16/28", "10.65.0.7/32"} <= fabric.leaf_prefixes(4)
-        await wait_for("IPv6 block at the leaf", lambda: "2001:db8:64::/120" in fabric.leaf_prefixes(6))
-        await wait_for("the leaf installs the block", lambda: "10.64.0.0/28 nhid" in fabric.leaf_kernel_routes() or "10.64.0.0/28 via" in fabric.leaf_kernel_routes())
+        wanted4 = {"10.64.0.0/28", "10.64.0.16/28", "10.65.0.7/32"}
+        await wait_until(
+            "IPv4 blocks and the borrowed /32 at the leaf", lambda: wanted4 <= leaf4(), leaf4
+        )
+        await wait_until("IPv6 block at the leaf", lambda: "2001:db8:64::/120" in leaf6(), leaf6)
+        await wait_until(
+            "the leaf installs the block in its kernel",
+            lambda: "10.64.0.0/28" in fabric.leaf_kernel_routes(),
+            fabric.leaf_kernel_routes,
+        )
 
         await speaker.apply(host_state(2, ("10.64.0.0/28",)))
-        await wait_for(
+        await wait_until(
             "withdrawn prefixes gone from the leaf",
-            lambda: fabric.leaf_prefixes(4) == {"10.64.0.0/28"} and not fabric.leaf_prefixes(6),
+            lambda: leaf4() == {"10.64.0.0/28"} and not leaf6(),
+            lambda: (leaf4(), leaf6()),
         )
         assert speaker.report().announced == 1
-        sessions = speaker.report().sessions
-        await wait_for(
+        await wait_until(
             "speaker reports both sessions up",
-            lambda: all(s["state"] == "up" for s in speaker.report().sessions) or sessions,
+            lambda: all(s["state"] == "up" for s in speaker.report().sessions),
+            speaker.report,
         )
-        assert all(s["state"] == "up" for s in speaker.report().sessions), speaker.report()
 
         old_pid = speaker.report().exabgp_pid
         assert old_pid is not None
         os.kill(old_pid, signal.SIGKILL)
-        await wait_for(
-            "a new ExaBGP",
-            lambda: speaker.report().exabgp_pid not in (None, old_pid) and speaker.report(),
+        await wait_until(
+            "a new ExaBGP with everything re-injected",
+            lambda: (
+                speaker.report().exabgp_pid not in (None, old_pid)
+                and speaker.report().announced == 1
+            ),
+            speaker.report,
         )
-        await wait_for(
-            "re-injected after the restart",
-            lambda: speaker.report().announced == 1 and speaker.report(),
-        )
-        await wait_for("sessions back", both_up(fabric))
-        await wait_for("block still at the leaf", lambda: fabric.leaf_prefixes(4) == {"10.64.0.0/28"})
+        await wait_until("sessions back", partial(sessions_established, fabric), fabric.established)
+        await wait_until("block still at the leaf", lambda: leaf4() == {"10.64.0.0/28"}, leaf4)
     finally:
         await speaker.close()
+
+
+def established_count(fabric: Fabric) -> dict[str, Any]:
+    """How often each session came up, per the leaf: a flap makes it grow."""
+    counts: dict[str, Any] = {}
+    for peer in (HOST4, HOST6):
+        info = fabric.vtysh(f"show bgp neighbors {peer} json").get(peer, {})
+        counts[peer] = info.get("connectionsEstablished")
+    return counts
+
+
+async def test_restarted_speaker_adopts_exabgp_without_a_flap(fabric: Fabric) -> None:
+    first = speaker_in(fabric)
+    leaf4 = partial(fabric.leaf_prefixes, 4)
+    state = host_state(1, ("10.64.0.0/28", "2001:db8:64::/120"))
+    await first.apply(state)
+    await wait_until("sessions", partial(sessions_established, fabric), fabric.established)
+    await wait_until("block at the leaf", lambda: "10.64.0.0/28" in leaf4(), leaf4)
+    before = established_count(fabric)
+    pid = first.report().exabgp_pid
+    await first.close(stop_exabgp=False)  # as if the speaker was killed
+
+    second = speaker_in(fabric)
+    try:
+        report = await second.apply(state)
+        assert report.exabgp_pid == pid and report.announced == 2, report
+        await second.apply(host_state(2, ("10.64.0.16/28",)))
+        await wait_until("moved block at the leaf", lambda: leaf4() == {"10.64.0.16/28"}, leaf4)
+        assert established_count(fabric) == before
+    finally:
+        await second.close()
