@@ -1,0 +1,123 @@
+"""`explain`: same network, which rule, or default deny, naming the objects."""
+
+from __future__ import annotations
+
+import pytest
+
+from fabric.explain import ExplainError, explain, rule_coverage
+from fabric.state import Endpoint, Network, Rule
+
+ALPHA = Network("net-a", "tenant-1", ("10.10.0.0/24", "10.10.1.0/24", "fd00:a::/64"), "alpha")
+BETA = Network("net-b", "tenant-2", ("10.20.0.0/24", "fd00:b::/64"), "beta")
+GAMMA = Network("net-c", "tenant-1", ("10.30.0.0/24",), "gamma")
+C1 = Endpoint("ep-1", "c1", "net-a", "10.10.0.2", "fd00:a::2")
+C2 = Endpoint("ep-2", "c2", "net-a", "10.10.1.2", None)
+C3 = Endpoint("ep-3", "c3", "net-b", "10.20.0.2", "fd00:b::2")
+HTTP = Rule("rule-http", "net-b", "net-a", None, "tcp", ("80", "8000-8080"))
+DNS = Rule("rule-dns", "net-b", None, "192.0.2.0/24", "any", ("53",))
+PING = Rule("rule-ping", "net-c", "net-b", None, "icmp")
+
+
+def ask(src, dst, proto=None, port=None, rules=(HTTP, DNS, PING)):
+    return explain(
+        src,
+        dst,
+        proto,
+        port,
+        networks=(ALPHA, BETA, GAMMA),
+        rules=rules,
+        endpoints=(C1, C2, C3),
+    )
+
+
+def test_same_network_across_subnets_is_allowed_and_named():
+    verdict = ask("10.10.0.2", "10.10.1.2")
+    assert verdict.allowed and verdict.reason == "same-network"
+    assert (verdict.src_endpoint, verdict.dst_endpoint) == ("c1", "c2")
+    assert verdict.src_network and verdict.src_network.name == "alpha"
+    assert "c1 (10.10.0.2), network alpha [net-a]" in verdict.message
+
+
+def test_rule_allows_named_port_and_range():
+    for port in (80, 8000, 8080):
+        verdict = ask("10.10.0.2", "10.20.0.2", "tcp", port)
+        assert verdict.allowed and verdict.reason == "rule" and verdict.rule_id == "rule-http"
+    assert "rule rule-http of beta [net-b]" in ask("10.10.0.2", "10.20.0.2", "tcp", 80).message
+
+
+def test_default_deny_outside_the_rule_names_the_partial_rule():
+    verdict = ask("10.10.0.2", "10.20.0.2", "tcp", 443)
+    assert not verdict.allowed and verdict.reason == "default-deny" and verdict.rule_id is None
+    ping = ask("10.10.0.2", "10.20.0.2", "icmp")
+    assert not ping.allowed and ping.partial_rules == ()
+    everything = ask("fd00:a::2", "fd00:b::2")
+    assert not everything.allowed and everything.partial_rules == ("rule-http",)
+    assert "allow only: rule rule-http" in everything.message
+
+
+def test_rules_are_one_way_and_only_on_the_destination():
+    assert not ask("10.20.0.2", "10.10.0.2", "tcp", 80).allowed
+    assert ask("10.20.0.2", "10.30.0.9", "icmp").allowed
+    assert not ask("10.30.0.9", "10.20.0.2", "icmp").allowed
+
+
+def test_two_networks_of_one_tenant_are_isolated_without_a_rule():
+    verdict = ask("10.10.0.2", "10.30.0.5", "tcp", 22)
+    assert not verdict.allowed and verdict.reason == "default-deny"
+
+
+def test_cidr_rule_any_with_ports_means_tcp_and_udp():
+    assert ask("192.0.2.7", "10.20.0.2", "udp", 53).allowed
+    assert ask("192.0.2.7", "10.20.0.2", "tcp", 53).rule_id == "rule-dns"
+    assert not ask("192.0.2.7", "10.20.0.2", "icmp").allowed
+    outside = ask("198.51.100.1", "10.20.0.2", "udp", 53)
+    assert not outside.allowed and outside.src_network is None
+    assert "in no Terrace network" in outside.message
+
+
+def test_unmanaged_destination_and_family_mismatch():
+    assert ask("10.10.0.2", "8.8.8.8").reason == "unmanaged-destination"
+    mixed = ask("10.10.0.2", "fd00:a::2")
+    assert not mixed.allowed and mixed.reason == "family-mismatch"
+
+
+def test_invalid_rules_allow_nothing_like_the_compiler():
+    bad_port = Rule("bad", "net-b", "net-a", None, "tcp", ("http",))
+    both = Rule("both", "net-b", "net-a", "10.0.0.0/8")
+    assert not ask("10.10.0.2", "10.20.0.2", "tcp", 80, rules=(bad_port, both)).allowed
+
+
+@pytest.mark.parametrize(
+    ("proto", "port", "message"),
+    [
+        ("sctp", None, "protocol"),
+        ("icmp", 80, "needs protocol"),
+        (None, 80, "needs"),
+        ("tcp", 0, "range"),
+    ],
+)
+def test_bad_questions_say_how_to_ask(proto, port, message):
+    with pytest.raises(ExplainError, match=message):
+        ask("10.10.0.2", "10.20.0.2", proto, port)
+
+
+def test_bad_addresses_say_what_an_address_looks_like():
+    with pytest.raises(ExplainError, match="not an IP address"):
+        ask("c1", "10.20.0.2")
+
+
+def test_rule_coverage_table():
+    web = Rule("w", "n", "m", None, "tcp", ("443",))
+    assert rule_coverage(web, "tcp", 443) == "full"
+    assert rule_coverage(web, "tcp", None) == "partial"
+    assert rule_coverage(web, None, None) == "partial"
+    assert rule_coverage(web, "udp", 443) == "none"
+    anything = Rule("a", "n", "m", None)
+    assert {rule_coverage(anything, p, None) for p in ("tcp", "icmp", None)} == {"full"}
+
+
+def test_verdict_json_names_objects():
+    doc = ask("10.10.0.2", "10.20.0.2", "tcp", 80).to_json()
+    assert doc["allowed"] is True and doc["rule_id"] == "rule-http"
+    assert doc["dst_network"] == {"id": "net-b", "name": "beta", "tenant_id": "tenant-2"}
+    assert doc["src_endpoint"] == "c1" and doc["dst_endpoint"] == "c3"
