@@ -16,7 +16,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from controller import api_admin, api_networks, api_state  # noqa: F401  (register routes)
+from controller import (  # noqa: F401  (importing registers the routes)
+    api_admin,
+    api_fabric,
+    api_networks,
+    api_state,
+)
 from controller.auth import Authenticator, load_admin_token
 from controller.context import CONTROLLER_KEY, Controller
 from controller.db import EmbeddedPostgres, check_schema, make_engine, upgrade, wait_for_database

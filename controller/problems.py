@@ -117,6 +117,10 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        if exc.status in (404, 405):  # raised by the router: no such route or method
+            kind = "no-such-route" if exc.status == 404 else "method-not-allowed"
+            detail = f"{request.method} {request.path} is not a route; see /openapi.json"
+            return problem_response(Problem(exc.status, detail, kind=kind), request)
         detail = exc.text if exc.text and not exc.text.startswith("<") else exc.reason
         return problem_response(Problem(exc.status, detail or exc.reason), request)
     except (DBAPIError, PoolTimeout, OSError, asyncpg.PostgresError) as exc:

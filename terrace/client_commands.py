@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from terrace.cli import CliError, call, client_args, output
@@ -227,6 +228,56 @@ def register(sub: Any) -> None:
     status = sub.add_parser("status", help="fabric revision, counts, borrowed addresses")
     client_args(status)
     status.set_defaults(run=lambda a: output(a, call(a, "GET", "/v1/status")))
+    _fabric_commands(sub)
+
+
+def _fabric_commands(sub: Any) -> None:
+    fabric = sub.add_parser("fabric", help="the physical fabric: apply, show, render, routes")
+    actions = fabric.add_subparsers(metavar="ACTION")
+    apply = actions.add_parser("apply", help="apply a containerlab topology file")
+    apply.add_argument("file", type=Path)
+    client_args(apply)
+    apply.set_defaults(run=_fabric_apply)
+    show = actions.add_parser("show", help="the applied topology and its plan")
+    client_args(show)
+    show.set_defaults(run=lambda a: output(a, call(a, "GET", "/v1/fabric")))
+    render = actions.add_parser("render", help="print a router's FRR config")
+    render.add_argument("router")
+    client_args(render)
+    render.set_defaults(run=_fabric_render)
+    routes = actions.add_parser("routes", help="prefixes per router, with/without aggregation")
+    client_args(routes)
+    routes.set_defaults(
+        run=lambda a: output(
+            a,
+            call(a, "GET", "/v1/fabric/routes")["routers"]
+            if not a.json
+            else call(a, "GET", "/v1/fabric/routes"),
+            ("router", "role", "without_aggregation", "with_aggregation", "borrowed4", "borrowed6"),
+        )
+    )
+
+
+def _fabric_apply(args: argparse.Namespace) -> int:
+    try:
+        body = args.file.read_text()
+    except OSError as exc:
+        raise CliError(f"cannot read {args.file}: {exc.strerror}") from None
+    report = call(args, "PUT", "/v1/fabric", raw_body=body, content_type="application/yaml")
+    if args.json:
+        return output(args, report)
+    added = ", ".join(f"{len(v)} {k}" for k, v in report["added"].items() if v) or "nothing"
+    removed = ", ".join(f"{len(v)} {k}" for k, v in report["removed"].items() if v) or "nothing"
+    print(
+        f"fabric {report['name']}: added {added}; removed {removed}; "
+        f"{len(report['hosts_changed'])} host(s) changed"
+    )
+    return 0
+
+
+def _fabric_render(args: argparse.Namespace) -> int:
+    print(call(args, "GET", f"/v1/fabric/routers/{args.router}/frr.conf"), end="")
+    return 0
 
 
 def _add_arg(p: argparse.ArgumentParser, arg: Arg) -> None:

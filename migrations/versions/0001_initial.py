@@ -44,7 +44,8 @@ CREATE TABLE hosts (
     id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     name varchar(64) NOT NULL UNIQUE,
     rack_id uuid NOT NULL REFERENCES racks(id) ON DELETE RESTRICT,
-    asn bigint NOT NULL UNIQUE,
+    -- deferred: re-applying a fabric may renumber hosts within one transaction
+    asn bigint NOT NULL CONSTRAINT hosts_asn_key UNIQUE DEFERRABLE INITIALLY DEFERRED,
     address inet NOT NULL,
     address6 inet,
     peers jsonb NOT NULL DEFAULT '[]'::jsonb,
