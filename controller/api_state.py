@@ -14,7 +14,7 @@ from controller.api_admin import load_host, require_host_access
 from controller.auth import Principal
 from controller.context import ctx
 from controller.desired import host_state
-from controller.feed import REVISION_SEQUENCE
+from controller.feed import REVISION_SEQUENCE, STREAM_END
 from controller.models import HostStatusIn
 from controller.problems import Problem
 from controller.registry import Query, int_query, route
@@ -244,3 +244,44 @@ async def metrics(request: web.Request) -> web.Response:
     except Exception:  # metrics must answer even when the database does not
         gauges.append(("terrace_db_up", "database reachable", 0))
     return web.Response(text=controller.metrics.render(gauges), content_type="text/plain")
+
+
+@route(
+    "GET",
+    "/v1/events/stream",
+    summary="Server-sent events: every change as it commits (a tenant sees its own)",
+    raw=True,
+    content_type="text/event-stream",
+    query=(Query("after", "integer"),),
+    tag="status",
+)
+async def event_stream(request: web.Request, who: Principal) -> web.StreamResponse:
+    """SSE, resumable with `Last-Event-ID` or `after`; a comment line every 15 s keeps
+    proxies from closing an idle stream."""
+    last = request.headers.get("Last-Event-ID") or request.query.get("after") or ""
+    after = int(last) if last.isdigit() else await _latest_event(request)
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    with contextlib.suppress(ConnectionResetError), ctx(request).feed.subscribe_events() as queue:
+        while True:
+            for event in await read_events(request, who, after, 500):
+                after = event["id"]
+                payload = json.dumps(event, default=str)
+                await response.write(f"id: {after}\nevent: change\ndata: {payload}\n\n".encode())
+            try:
+                signal = await asyncio.wait_for(queue.get(), 15)
+            except TimeoutError:
+                await response.write(b": keep-alive\n\n")
+                continue
+            while signal != STREAM_END and not queue.empty():
+                signal = queue.get_nowait()
+            if signal == STREAM_END:
+                break
+    return response
+
+
+async def _latest_event(request: web.Request) -> int:
+    async with ctx(request).engine.connect() as conn:
+        return int(await conn.scalar(text("SELECT coalesce(max(id), 0) FROM events")) or 0)

@@ -63,6 +63,11 @@ def create_app(controller: Controller) -> web.Application:
         client_max_size=2 << 20,
     )
     app[CONTROLLER_KEY] = controller
+
+    async def end_streams(_app: web.Application) -> None:
+        controller.feed.close_streams()
+
+    app.on_shutdown.append(end_streams)
     for spec in ROUTES:
         app.router.add_route(spec.method, spec.path, make_view(spec, controller.auth.principal))
     openapi = build_openapi(VERSION)

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 REVISION_SEQUENCE = "terrace_revision"  # created by migration 0001
 CHANGES_CHANNEL = "terrace_changes"
 ALL_HOSTS = "*"
+STREAM_END = -1  # put in event queues when the server shuts down
 MAX_NAMED_HOSTS = 200  # beyond this the NOTIFY payload says "*" (payload limit 8000 bytes)
 
 
@@ -161,6 +162,12 @@ class ChangeFeed:
             yield queue
         finally:
             self._event_queues.discard(queue)
+
+    def close_streams(self) -> None:
+        """Tell every event stream to end (the server is shutting down)."""
+        for queue in self._event_queues:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(STREAM_END)
 
     @property
     def waiting_hosts(self) -> int:

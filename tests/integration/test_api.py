@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 from typing import Any
 
 import asyncpg
@@ -475,3 +476,26 @@ async def test_host_status_report(api: Api) -> None:
     shown = await api.ok("GET", "/v1/hosts/h1")
     assert shown["status"]["applied_revision"] == 3 and shown["status"]["bgp"] == {"up": 2}
     assert (await api.post("/v1/hosts/h2/status", {}, token=s["h1"]["token"]))[0] == 404
+
+
+async def test_event_stream_pushes_changes(api: Api) -> None:
+    s = await seed(api)
+    seen: list[dict[str, Any]] = []
+
+    async def listen(token: str) -> None:
+        async with api.session.get(
+            api.base + "/v1/events/stream", headers={"Authorization": f"Bearer {token}"}
+        ) as r:
+            assert r.headers["Content-Type"].startswith("text/event-stream")
+            async for line in r.content:
+                if line.startswith(b"data: "):
+                    seen.append(json.loads(line[6:]))
+                    return
+
+    task = asyncio.create_task(listen(s["acme"]["token"]))
+    await asyncio.sleep(0.3)
+    # globex's change is not shown to acme; acme's is
+    await api.ok("POST", "/v1/networks", {"name": "hidden"}, token=s["globex"]["token"])
+    await api.ok("POST", "/v1/networks", {"name": "db"}, token=s["acme"]["token"])
+    await asyncio.wait_for(task, 5)
+    assert seen[0]["kind"] == "network" and "acme/db" in seen[0]["summary"]
