@@ -421,7 +421,7 @@ class BgpSpeaker:
                 backoff = min(backoff * 2, 10.0)
                 self._restarts += 1
                 self._spawn()
-            elif self.process.alive():
+            elif self._writer is not None:  # up and talking: a later crash starts over
                 backoff = 0.5
 
     # ---- API connection ------------------------------------------------------------

@@ -127,6 +127,10 @@ class NetlinkDataplane:
     def create_veth(self, spec: VethSpec) -> None:
         """Create the pair with its peer born inside the container namespace, then set both up."""
         with IPRoute() as ipr:
+            for stale in ipr.link_lookup(ifname=spec.name):
+                # the name is derived from this endpoint's id: a link of that name without
+                # our alias is one we began to build when the speaker died; start again
+                ipr.link("del", index=stale)
             ipr.link(
                 "add",
                 ifname=spec.name,
