@@ -18,6 +18,7 @@ from aiohttp import web
 
 from controller import (  # noqa: F401  (importing registers the routes)
     api_admin,
+    api_explain,
     api_fabric,
     api_networks,
     api_state,

@@ -229,6 +229,37 @@ def register(sub: Any) -> None:
     client_args(status)
     status.set_defaults(run=lambda a: output(a, call(a, "GET", "/v1/status")))
     _fabric_commands(sub)
+    _explain_command(sub)
+
+
+def _explain_command(sub: Any) -> None:
+    p = sub.add_parser("explain", help="may SRC reach DST, and why")
+    p.add_argument("src", help="address, endpoint id or endpoint name")
+    p.add_argument("dst", help="address, endpoint id or endpoint name")
+    p.add_argument("--proto", choices=("tcp", "udp", "icmp", "any"))
+    p.add_argument("--port", type=int)
+    client_args(p)
+    p.set_defaults(run=_explain)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    verdict = call(
+        args,
+        "GET",
+        "/v1/explain",
+        params={"src": args.src, "dst": args.dst, "proto": args.proto, "port": args.port},
+    )
+    if args.json:
+        return output(args, verdict)
+    print(("ALLOWED  " if verdict["allowed"] else "DENIED   ") + verdict["message"])
+    live = verdict.get("destination_host")
+    if live:
+        sync = "in sync" if live["in_sync"] else "NOT in sync"
+        print(
+            f"destination host {live['host']}: revision {live['applied_revision']} applied "
+            f"of {live['revision']} ({sync})"
+        )
+    return 0 if verdict["allowed"] else 3
 
 
 def _fabric_commands(sub: Any) -> None:

@@ -499,3 +499,56 @@ async def test_event_stream_pushes_changes(api: Api) -> None:
     await api.ok("POST", "/v1/networks", {"name": "db"}, token=s["acme"]["token"])
     await asyncio.wait_for(task, 5)
     assert seen[0]["kind"] == "network" and "acme/db" in seen[0]["summary"]
+
+
+async def test_explain_same_network_rule_and_default_deny(api: Api) -> None:
+    s = await seed(api)
+    acme, globex = s["acme"]["token"], s["globex"]["token"]
+    a1 = await api.ok(
+        "POST",
+        "/v1/endpoints",
+        {"network_id": s["acme_net"]["id"], "host": "h1", "name": "a1"},
+        token=acme,
+    )
+    a2 = await api.ok(
+        "POST",
+        "/v1/endpoints",
+        {"network_id": s["acme_net"]["id"], "host": "h2", "name": "a2"},
+        token=acme,
+    )
+    g1 = await api.ok(
+        "POST",
+        "/v1/endpoints",
+        {"network_id": s["globex_net"]["id"], "host": "h2", "name": "g1"},
+        token=globex,
+    )
+    same = await api.ok("GET", f"/v1/explain?src={a1['ipv4']}&dst=a2", token=acme)
+    assert same["allowed"] and same["reason"] == "same-network"
+    assert same["dst_endpoint"] == "a2" and a2["ipv4"] == same["dst"]
+    denied = await api.ok(
+        "GET", f"/v1/explain?src={g1['ipv4']}&dst={a1['ipv4']}&proto=tcp&port=443"
+    )
+    assert not denied["allowed"] and denied["reason"] == "default-deny"
+    assert "web" in denied["message"]
+    rule = await api.ok(
+        "POST",
+        f"/v1/networks/{s['acme_net']['id']}/rules",
+        {"from_network": s["globex_net"]["id"], "protocol": "tcp", "ports": [443]},
+        token=acme,
+    )
+    allowed = await api.ok(
+        "GET", f"/v1/explain?src={g1['ipv4']}&dst={a1['ipv4']}&proto=tcp&port=443"
+    )
+    assert allowed["allowed"] and allowed["rule_id"] == rule["id"]
+    ping = await api.ok("GET", f"/v1/explain?src={g1['ipv4']}&dst={a1['ipv4']}&proto=icmp")
+    assert not ping["allowed"] and ping["reason"] == "default-deny"
+    anything = await api.ok("GET", f"/v1/explain?src={g1['ipv4']}&dst={a1['ipv4']}")
+    assert not anything["allowed"] and anything["partial_rules"] == [rule["id"]]
+    # a third tenant cannot probe acme and globex
+    other = await api.ok("POST", "/v1/tenants", {"name": "initech"})
+    status, _ = await api.get(
+        f"/v1/explain?src={g1['ipv4']}&dst={a1['ipv4']}", token=other["token"]
+    )
+    assert status == 404
+    assert (await api.get("/v1/explain?src=a1", token=acme))[0] == 400
+    assert (await api.get("/v1/explain?src=a1&dst=nobody", token=acme))[0] == 404
