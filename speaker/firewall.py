@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import logging
 import subprocess
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 from fabric.policy import (
+    BASE_CHAINS,
     FAMILIES,
     Family,
     Installed,
+    InstalledTable,
     Patch,
     RuleSet,
     compile_host_policy,
@@ -36,6 +40,7 @@ log = logging.getLogger(__name__)
 
 _SAVE = {4: "iptables-save", 6: "ip6tables-save"}
 _RESTORE = {4: "iptables-restore", 6: "ip6tables-restore"}
+_LIST = {4: "iptables", 6: "ip6tables"}
 
 
 class FirewallError(RuntimeError):
@@ -60,10 +65,28 @@ def run_command(argv: Sequence[str], stdin: str | None = None) -> str:
 
 
 class FirewallReconciler:
-    """Level-triggered: `apply` may be called with the same state any number of times."""
+    """Level-triggered: `apply` may be called with the same state any number of times.
 
-    def __init__(self, runner: Runner = run_command) -> None:
+    The first `apply`, any `apply` after a failure, and at least one every
+    `resync_interval` seconds read everything back from the kernel. In between, the
+    reconciler trusts its record of the chains it installed (reading ~20k rules back
+    costs ~250 ms) but still reads the sets and the FORWARD/INPUT chains live, so a
+    foreign rule inserted above our jump is fixed at the next apply. If a patch based
+    on the record fails, it is retried once after a full read.
+    """
+
+    def __init__(
+        self,
+        runner: Runner = run_command,
+        *,
+        resync_interval: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._run = runner
+        self._resync_interval = resync_interval
+        self._clock = clock
+        self._record: Installed | None = None
+        self._read_at = 0.0
         self.applied: RuleSet | None = None
         """The rule set installed by the last successful `apply` (hash → origin lookups)."""
         self.last_patch: Patch | None = None
@@ -79,6 +102,7 @@ class FirewallReconciler:
 
     def remove_all(self) -> None:
         """Remove every Terrace chain, jump and set (endpoints become unfiltered)."""
+        self._record = None
         self._install(RuleSet.empty())
         self.applied = None
 
@@ -97,7 +121,20 @@ class FirewallReconciler:
         return totals
 
     def _install(self, desired: RuleSet) -> None:
-        patch = plan(self.installed(), desired)
+        trusted = self._trusted_view()
+        if trusted is not None:
+            try:
+                self._patch(trusted, desired)
+                return
+            except Exception:  # the record was wrong: read everything, try once more
+                log.warning("firewall patch from the record failed; resyncing", exc_info=True)
+        self._record = None
+        now = self._clock()
+        self._patch(self.installed(), desired)
+        self._read_at = now
+
+    def _patch(self, installed: Installed, desired: RuleSet) -> None:
+        patch = plan(installed, desired)
         self.last_patch = patch
         if patch.ipset:
             self._run(["ipset", "restore", "-exist"], patch.ipset)
@@ -105,6 +142,24 @@ class FirewallReconciler:
             self._restore(family, patch.iptables.get(family, ""))
         if patch.ipset_cleanup:
             self._run(["ipset", "restore", "-exist"], patch.ipset_cleanup)
+        self._record = desired.installed()
+
+    def _trusted_view(self) -> Installed | None:
+        """The record of our chains plus live sets and base chains, or None to read all."""
+        record = self._record
+        if record is None or self._clock() - self._read_at >= self._resync_interval:
+            return None
+        tables = {}
+        for family in FAMILIES:
+            base = self._base_chains(family)
+            tables[family] = replace(record.tables[family], base=base.base)
+        return Installed(sets=parse_ipset_save(self._run(["ipset", "save"])), tables=tables)
+
+    def _base_chains(self, family: Family) -> InstalledTable:
+        listing = "".join(
+            self._run([_LIST[family], "-t", "filter", "-S", chain]) for chain in BASE_CHAINS
+        )
+        return parse_iptables_save(f"*filter\n{listing}COMMIT\n")
 
     def _restore(self, family: Family, script: str) -> None:
         if script:

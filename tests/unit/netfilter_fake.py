@@ -71,6 +71,11 @@ class FakeNetfilter:
         if tool in ("iptables-save", "ip6tables-save"):
             family = 4 if tool == "iptables-save" else 6
             return self.tables[family].save(with_counters="-c" in args)
+        if tool in ("iptables", "ip6tables") and "-S" in args:
+            chain = args[args.index("-S") + 1]
+            table = self.tables[4 if tool == "iptables" else 6]
+            rules = [f"-A {chain} {rule}\n" for rule in table.chains[chain]]
+            return f"-P {chain} ACCEPT\n" + "".join(rules)
         if tool in ("iptables-restore", "ip6tables-restore"):
             assert "--noflush" in args, "never restore without --noflush"
             self.restore(4 if tool == "iptables-restore" else 6, stdin or "")

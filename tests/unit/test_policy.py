@@ -6,7 +6,6 @@ import dataclasses
 import logging
 
 import pytest
-from tests.unit.netfilter_fake import FakeNetfilter, NetfilterError
 
 from fabric.naming import host_interface
 from fabric.policy import (
@@ -27,6 +26,7 @@ from fabric.policy import (
 )
 from fabric.state import Endpoint, HostInfo, HostState, Network, Rule
 from speaker.firewall import FirewallReconciler
+from tests.unit.netfilter_fake import FakeNetfilter, NetfilterError
 
 WEB = Network("net-web", "t1", ("10.0.0.0/24", "2001:db8:0:1::/64"), "web")
 DB = Network("net-db", "t2", ("10.0.1.0/24",), "db")
@@ -292,3 +292,42 @@ def test_failed_restore_is_reported_with_the_command(caplog):
 
     with caplog.at_level(logging.WARNING), pytest.raises(NetfilterError, match="line 3"):
         FirewallReconciler(runner=broken).apply(host_state())
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def full_reads(fake: FakeNetfilter) -> int:
+    return sum(1 for call in fake.calls if call[0] == "iptables-save")
+
+
+def test_between_resyncs_the_record_is_trusted_but_base_chains_are_read_live():
+    fake, clock = foreign_netfilter(), Clock()
+    firewall = FirewallReconciler(runner=fake, resync_interval=30, clock=clock)
+    firewall.apply(host_state())
+    fake.restore(4, "*filter\n-I FORWARD 1 -s 9.9.9.9/32 -j ACCEPT\nCOMMIT\n")
+    clock.now = 10
+    firewall.apply(host_state(rules=()))
+    assert full_reads(fake) == 1
+    assert fake.tables[4].chains["FORWARD"][0].endswith(f"-j {FORWARD_CHAIN}")
+    assert firewall.installed().owned() == compile_host_policy(host_state(rules=())).installed()
+    clock.now = 45
+    before = full_reads(fake)
+    firewall.apply(host_state(rules=()))
+    assert full_reads(fake) == before + 1
+
+
+def test_a_wrong_record_is_repaired_by_one_full_read():
+    fake, clock = foreign_netfilter(), Clock()
+    firewall = FirewallReconciler(runner=fake, resync_interval=30, clock=clock)
+    firewall.apply(host_state())
+    chain = ingress_chain("ep-1")
+    for family in (4, 6):  # someone removed one of our chains behind our back
+        fake.restore(family, f"*filter\n-F {TO_ENDPOINT_CHAIN}\n-F {chain}\n-X {chain}\nCOMMIT\n")
+    firewall.apply(host_state(rules=()))
+    assert firewall.installed().owned() == compile_host_policy(host_state(rules=())).installed()

@@ -12,7 +12,6 @@ from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.unit.netfilter_fake import FakeNetfilter
 
 from fabric.policy import (
     FROM_ENDPOINT_CHAIN,
@@ -25,6 +24,7 @@ from fabric.policy import (
 )
 from fabric.state import Endpoint, HostInfo, HostState, Network, Rule
 from speaker.firewall import FirewallReconciler
+from tests.unit.netfilter_fake import FakeNetfilter
 
 NETWORK_IDS = [f"n{i}" for i in range(4)]
 SUBNETS = {
