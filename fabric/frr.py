@@ -118,12 +118,14 @@ def router_config(
     log: str = "syslog informational",
 ) -> RouterConfig:
     """The decided content of a router's config (what `render_router_config` lays out)."""
+    if "\n" in log or not log.strip():
+        raise RenderError(f"log target {log!r} must be one line, e.g. 'syslog informational'")
     router = plan.routers.get(router_name)
     if router is None:
         known = ", ".join(plan.routers) or "none"
         raise RenderError(f"{router_name!r} is not a spine or leaf of this fabric ({known})")
     interfaces = plan.interfaces_of(router_name)
-    fabric = tuple(_neighbors(plan, router, interfaces, roles=("spine", "leaf")))
+    fabric = tuple(_neighbors(plan, interfaces, roles=("spine", "leaf")))
     if router.role == "spine":
         if aggregates and aggregates.get(router_name):
             raise RenderError(f"spine {router_name}: aggregates belong on leaves, not spines")
@@ -156,7 +158,6 @@ def router_config(
 
 def _neighbors(
     plan: FabricPlan,
-    router: RouterPlan,
     interfaces: Sequence[InterfacePlan],
     *,
     roles: Sequence[str],
@@ -199,7 +200,7 @@ def _host_filter(
             f"down: raise max_prefixes"
         )
     own = [i for i in interfaces if i.peer == host]
-    neighbors = tuple(_neighbors(plan, leaf, own, roles=("host",)))
+    neighbors = tuple(_neighbors(plan, own, roles=("host",)))
     return HostFilter(host, v4, v6, neighbors)
 
 

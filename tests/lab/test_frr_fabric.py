@@ -19,7 +19,7 @@ import pytest
 from fabric.frr import render_router_config
 from fabric.plan import FabricPlan, plan_fabric
 from fabric.topology import load_topology
-from tests.lab.frr_lab import mini_fabric, route_prefixes, wait_for
+from tests.lab.frr_lab import mini_fabric, route_prefixes, run, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -73,6 +73,9 @@ def test_host_prefixes_reach_spine_and_other_leaf(tmp_path: Path, family: int) -
             return expected <= set(rib), sorted(rib)
 
         wait_for(f"leaf2's zebra to install {sorted(expected)}", installed)
+        key = "net.ipv4.ip_forward" if family == 4 else "net.ipv6.conf.all.forwarding"
+        sysctl = run("ip", "netns", "exec", fabric.namespaces["leaf2"], "sysctl", "-n", key)
+        assert sysctl.stdout.strip() == "1", f"zebra did not turn on {key}"
 
 
 @pytest.mark.parametrize("family", [4, 6])

@@ -245,8 +245,16 @@ def test_refusals_name_the_culprit() -> None:
         render_router_config(
             plan, "leaf1", {"h1": ["10.0.0.0/32", "10.0.0.1/32", "10.0.0.2/32"]}, max_prefixes=2
         )
+    with pytest.raises(RenderError, match="must be one line"):
+        render_router_config(plan, "leaf1", {}, log="syslog\nrouter bgp 1")
     with pytest.raises(RenderError, match="spine spine1: aggregates belong on leaves"):
         render_router_config(plan, "spine1", {}, aggregates={"spine1": ["10.65.0.0/16"]})
+
+
+def test_log_target() -> None:
+    plan = _plan("two-rack")
+    text = render_router_config(plan, "spine1", {}, log="file /var/log/frr/spine1.log")
+    assert "\nlog file /var/log/frr/spine1.log\n" in text
 
 
 def test_other_leaves_hosts_are_ignored() -> None:
