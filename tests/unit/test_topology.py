@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fabric.topology import (
     Link,
@@ -16,6 +18,7 @@ from fabric.topology import (
     load_topology,
     topology_from_document,
 )
+from tests.unit.fabric_samples import clos, shuffled
 
 TOPOLOGIES = Path(__file__).resolve().parents[2] / "lab" / "topologies"
 SHIPPED = ["two-rack.clab.yml", "four-rack.clab.yml"]
@@ -176,3 +179,17 @@ def test_bad_file_error_names_the_culprit(change: str, named: str) -> None:
 def test_bad_documents(text: str, message: str) -> None:
     with pytest.raises(TopologyError, match=message):
         load_topology(text)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    racks=st.integers(min_value=1, max_value=5),
+    hosts=st.integers(min_value=1, max_value=4),
+    dual=st.booleans(),
+    seed=st.integers(min_value=0, max_value=1000),
+)
+def test_generated_topologies_round_trip(racks: int, hosts: int, dual: bool, seed: int) -> None:
+    topology = topology_from_document(shuffled(clos(racks, hosts, dual_homed=dual), seed))
+    assert load_topology(dump_topology(topology)) == topology
+    assert len(topology.hosts()) == racks * hosts
+    assert all(len(topology.leaves_of(h.name)) == (2 if dual else 1) for h in topology.hosts())
