@@ -51,6 +51,8 @@ class Kernel(Protocol):
 
 
 class Bgp(Protocol):
+    async def start(self) -> None: ...
+
     async def apply(self, state: HostState) -> BgpReport: ...
 
     def report(self) -> BgpReport: ...
@@ -221,6 +223,7 @@ async def run_speaker(
     stop = stop or asyncio.Event()
     speaker = Speaker(firewall, kernel, bgp)
     try:
+        await bgp.start()
         await _loop(host, client, speaker, stop, poll_timeout=poll_timeout, backoff=backoff)
     finally:
         await bgp.close(stop_exabgp=withdraw_on_exit)

@@ -289,11 +289,13 @@ class BgpSpeaker:
         graceful_restart: int = GRACEFUL_RESTART_SECONDS,
         ack_timeout: float = 10.0,
         connect_timeout: float = 5.0,
+        orphan_timeout: float | None = None,
     ) -> None:
         self.dir = Path(runtime_dir)
         self.graceful_restart = graceful_restart
         self.ack_timeout = ack_timeout
         self.connect_timeout = connect_timeout
+        self.orphan_timeout = orphan_timeout
         self.process = ExabgpProcess(self.dir, exabgp_command or default_exabgp_command())
         self.socket_path = self.dir / "api.sock"
         self.announced_path = self.dir / "announced.json"
@@ -315,6 +317,12 @@ class BgpSpeaker:
 
     # ---- public --------------------------------------------------------------------
 
+    async def start(self) -> None:
+        """Listen for the relay now, so an ExaBGP left by a previous speaker keeps its
+        sessions while the first desired state is still on its way (nothing is sent to
+        it before the first `apply`)."""
+        await self._listen()
+
     async def apply(self, state: HostState) -> BgpReport:
         """Announce `state`'s prefixes and withdraw the rest; (re)start ExaBGP if needed."""
         await self._listen()
@@ -323,7 +331,7 @@ class BgpSpeaker:
         if not state.peers:
             await self._stop_exabgp(signal.SIGTERM)
             return self.report()
-        api = f"{sys.executable} {RELAY_SCRIPT} {self.socket_path}"
+        api = f"{sys.executable} {RELAY_SCRIPT} {self.socket_path} {self._orphan_seconds():g}"
         config = render_exabgp_config(state, api, graceful_restart=self.graceful_restart)
         if config != self._config or not self.process.alive():
             await self._start_or_adopt(config)
@@ -331,6 +339,13 @@ class BgpSpeaker:
                 await asyncio.wait_for(self._connected.wait(), self.connect_timeout)
         await self._sync()
         return self.report()
+
+    def _orphan_seconds(self) -> float:
+        """How long ExaBGP outlives a dead speaker: under the shortest hold time, so a
+        host whose speaker stays dead loses its routes at the leaf as fast as a dead host."""
+        if self.orphan_timeout is not None:
+            return self.orphan_timeout
+        return max(2.0, min(p.hold_time for p in self.peers) * 2 / 3)
 
     def report(self) -> BgpReport:
         sessions = [
@@ -490,8 +505,8 @@ class BgpSpeaker:
     async def _sync(self) -> None:
         """Withdraw what is no longer desired, announce what is missing, in batches."""
         async with self._lock:
-            if self._writer is None:
-                return
+            if self._writer is None or self._config is None:
+                return  # not connected, or no desired state yet: send nothing
             errors: list[str] = []
             for batch in batch_commands("withdraw", self.announced - self.desired):
                 if await self._command(batch.line):

@@ -133,7 +133,10 @@ class Fabric:
                     os.kill(int(pid), signal.SIGKILL)
             sh("ip", "netns", "del", ns, check=False)
         shutil.rmtree(Path("/var/run/frr") / self.leaf, ignore_errors=True)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if os.environ.get("TERRACE_KEEP_LAB"):
+            print(f"kept {self.dir}")
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def vtysh(self, command: str) -> Any:
         out = sh("vtysh", "-N", self.leaf, "-c", command, check=False)
@@ -273,3 +276,29 @@ async def test_restarted_speaker_adopts_exabgp_without_a_flap(fabric: Fabric) ->
         assert established_count(fabric) == before
     finally:
         await second.close()
+
+
+def running(pid: int | None) -> bool:
+    """Alive and not a zombie (the test process, its parent, has not reaped it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_exabgp_of_a_speaker_that_stays_dead_withdraws_within_the_hold_time(
+    fabric: Fabric,
+) -> None:
+    speaker = speaker_in(fabric)
+    leaf4 = partial(fabric.leaf_prefixes, 4)
+    await speaker.apply(host_state(1, ("10.64.0.0/28",)))
+    await wait_until("block at the leaf", lambda: "10.64.0.0/28" in leaf4(), leaf4)
+    pid = speaker.report().exabgp_pid
+    await speaker.close(stop_exabgp=False)  # the speaker dies and nobody restarts it
+    try:
+        # hold time 9 s: the relay shuts ExaBGP down after 6 s alone, with a Cease
+        await wait_until("routes withdrawn at the leaf", lambda: not leaf4(), leaf4, deadline=9)
+        await wait_until("ExaBGP gone", lambda: not running(pid), fabric.established)
+    finally:
+        await speaker.close()

@@ -70,6 +70,9 @@ class FakeBgp:
         self.host = host
         self.closed = False
 
+    async def start(self) -> None:
+        pass
+
     async def apply(self, state: HostState) -> BgpReport:
         self.host.announced = desired_prefixes(state)
         self.host.check("bgp")
