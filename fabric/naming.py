@@ -9,12 +9,14 @@ or a chain on a live host is a disruption.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 HOST_INTERFACE_PREFIX = "tr"
 """Every Terrace host-side veth starts with this; iptables matches them as `tr+`."""
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def short_id(object_id: str) -> str:
     """Eleven hex characters of sha256(id): short enough for chain and set names.
 
@@ -26,4 +28,4 @@ def short_id(object_id: str) -> str:
 
 def host_interface(endpoint_id: str) -> str:
     """The host-side veth name of an endpoint: `tr` + 11 hex characters (13 < IFNAMSIZ)."""
-    return HOST_INTERFACE_PREFIX + short_id(endpoint_id)
+    return HOST_INTERFACE_PREFIX + short_id(endpoint_id)  # short_id is memoized

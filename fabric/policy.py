@@ -47,6 +47,7 @@ ANY_TERRACE_INTERFACE = HOST_INTERFACE_PREFIX + "+"
 _SET_FAMILY = {4: "inet", 6: "inet6"}
 _ICMP = {4: "icmp", 6: "ipv6-icmp"}
 _HOST_BITS = {4: 32, 6: 128}
+_HEX = "0123456789abcdef"
 
 
 def ingress_chain(endpoint_id: str) -> str:
@@ -264,8 +265,8 @@ def _table(
     chains: dict[str, tuple[PolicyRule, ...]] = {
         FORWARD_CHAIN: _forward_chain(),
         INPUT_CHAIN: _input_chain(family),
-        FROM_ENDPOINT_CHAIN: _dispatch(FROM_ENDPOINT_CHAIN, "-i", endpoints, egress_chain, ()),
-        TO_ENDPOINT_CHAIN: _dispatch(TO_ENDPOINT_CHAIN, "-o", endpoints, ingress_chain, _ct()),
+        **_dispatch(FROM_ENDPOINT_CHAIN, "-i", endpoints, egress_chain, ()),
+        **_dispatch(TO_ENDPOINT_CHAIN, "-o", endpoints, ingress_chain, _ct()),
     }
     allowed = _allowed_sources(family, rules, problems)
     for endpoint in endpoints:
@@ -327,18 +328,38 @@ def _input_chain(family: Family) -> tuple[PolicyRule, ...]:
     return tuple(rules)
 
 
+def dispatch_bucket(chain: str, endpoint_id: str) -> str:
+    """The bucket chain of a dispatch chain that holds this endpoint's veth."""
+    return f"{chain}-{host_interface(endpoint_id)[len(HOST_INTERFACE_PREFIX)]}"
+
+
 def _dispatch(
     chain: str,
     direction: str,
     endpoints: Sequence[Endpoint],
     target: Callable[[str], str],
     head: tuple[PolicyRule, ...],
-) -> tuple[PolicyRule, ...]:
-    """Send each veth to its endpoint's chain; a Terrace veth with no chain is dropped."""
+) -> dict[str, tuple[PolicyRule, ...]]:
+    """Send each veth to its endpoint's chain; a Terrace veth with no chain is dropped.
+
+    Veths are spread over 16 bucket chains by the first hex digit of their name
+    (`-i tr3+ -g TERRACE-FROM-EP-3`), so adding an endpoint rewrites one bucket of
+    ~n/16 rules, not one chain of n, and a packet walks ~16 + n/16 rules.
+    """
     kind = "egress" if direction == "-i" else "ingress"
-    per_endpoint = tuple(_dispatch_rule(chain, direction, e.id, target(e.id)) for e in endpoints)
-    catch_all = PolicyRule(chain, "", "-j DROP", f"unknown-interface:{kind}")
-    return (*head, *per_endpoint, catch_all)
+    buckets: dict[str, list[PolicyRule]] = {f"{chain}-{d}": [] for d in _HEX}
+    for endpoint in endpoints:
+        bucket = dispatch_bucket(chain, endpoint.id)
+        buckets[bucket].append(_dispatch_rule(bucket, direction, endpoint.id, target(endpoint.id)))
+    top = [
+        PolicyRule(chain, f"{direction} {HOST_INTERFACE_PREFIX}{d}+", f"-g {chain}-{d}", kind)
+        for d in _HEX
+    ]
+    catch_all = f"unknown-interface:{kind}"
+    chains = {chain: (*head, *top, PolicyRule(chain, "", "-j DROP", catch_all))}
+    for bucket, rules in buckets.items():
+        chains[bucket] = (*rules, PolicyRule(bucket, "", "-j DROP", catch_all))
+    return chains
 
 
 # The per-endpoint builders are pure and memoized: a host with 1,000 endpoints
@@ -368,15 +389,22 @@ def _endpoint_address(endpoint: Endpoint, family: Family, problems: list[str]) -
     text = endpoint.ipv4 if family == 4 else endpoint.ipv6
     if not text:
         return None
+    address, problem = _host_address(text, family)
+    if problem:
+        problems.append(f"endpoint {endpoint.name} ({endpoint.id}): {problem}; it may not send")
+    return address
+
+
+@functools.lru_cache(maxsize=_MEMO)
+def _host_address(text: str, family: Family) -> tuple[str | None, str | None]:
+    """(canonical address, None) or (None, why not)."""
     try:
-        address = parse_address(text.split("/")[0])
+        address = parse_address(text.split("/", maxsplit=1)[0])
     except AddressError as exc:
-        problems.append(f"endpoint {endpoint.name} ({endpoint.id}): {exc}; it may not send")
-        return None
+        return None, str(exc)
     if address.version != family:
-        problems.append(f"endpoint {endpoint.name}: {text} is not an IPv{family} address")
-        return None
-    return str(address)
+        return None, f"{text} is not an IPv{family} address"
+    return str(address), None
 
 
 def _allowed_sources(
@@ -497,6 +525,7 @@ def _set_header(words: list[str]) -> tuple[str, Family, int]:
     return words[2], family, int(options.get("maxelem", SET_MAXELEM))
 
 
+@functools.lru_cache(maxsize=_MEMO)
 def canonical_cidr(text: str) -> str:
     """`10.0.0.1` → `10.0.0.1/32`; the form both sides of a set diff are compared in."""
     return ipaddress.ip_network(text, strict=False).with_prefixlen

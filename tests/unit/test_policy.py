@@ -16,6 +16,7 @@ from fabric.policy import (
     compile_host_policy,
     counters_by_origin,
     diff,
+    dispatch_bucket,
     egress_chain,
     ingress_chain,
     network_set,
@@ -157,8 +158,8 @@ def test_new_endpoint_touches_only_dispatch_and_its_own_chains():
         if line.startswith(("-F", ":"))
     }
     assert touched == {
-        FROM_ENDPOINT_CHAIN,
-        TO_ENDPOINT_CHAIN,
+        dispatch_bucket(FROM_ENDPOINT_CHAIN, "ep-3"),
+        dispatch_bucket(TO_ENDPOINT_CHAIN, "ep-3"),
         egress_chain("ep-3"),
         ingress_chain("ep-3"),
     }
@@ -328,6 +329,7 @@ def test_a_wrong_record_is_repaired_by_one_full_read():
     firewall.apply(host_state())
     chain = ingress_chain("ep-1")
     for family in (4, 6):  # someone removed one of our chains behind our back
-        fake.restore(family, f"*filter\n-F {TO_ENDPOINT_CHAIN}\n-F {chain}\n-X {chain}\nCOMMIT\n")
+        bucket = dispatch_bucket(TO_ENDPOINT_CHAIN, "ep-1")
+        fake.restore(family, f"*filter\n-F {bucket}\n-F {chain}\n-X {chain}\nCOMMIT\n")
     firewall.apply(host_state(rules=()))
     assert firewall.installed().owned() == compile_host_policy(host_state(rules=())).installed()

@@ -19,6 +19,7 @@ from fabric.policy import (
     RuleSet,
     compile_host_policy,
     diff,
+    dispatch_bucket,
     egress_chain,
     ingress_chain,
 )
@@ -136,7 +137,12 @@ def test_a_new_endpoint_rewrites_no_other_endpoints_chain(state, added):
     others = tuple(e for e in state.endpoints if e.id != added.id)
     before = compile_host_policy(replace(state, endpoints=others))
     after = compile_host_policy(replace(state, endpoints=(*others, added)))
-    mine = {egress_chain(added.id), ingress_chain(added.id), FROM_ENDPOINT_CHAIN, TO_ENDPOINT_CHAIN}
+    mine = {
+        egress_chain(added.id),
+        ingress_chain(added.id),
+        dispatch_bucket(FROM_ENDPOINT_CHAIN, added.id),
+        dispatch_bucket(TO_ENDPOINT_CHAIN, added.id),
+    }
     for family in (4, 6):
         script = diff(before, after).iptables[family]
         rewritten = {line.split()[1] for line in script.splitlines() if line.startswith("-A")}
