@@ -1,11 +1,12 @@
 """The firewall reconciler: makes a host's iptables and ipsets match its desired state.
 
 Owns the I/O around `fabric.policy`: reads what is installed (`iptables-save`,
-`ip6tables-save`, `ipset save`), asks the compiler for the patch, and runs it as one
-`ipset restore`, one `iptables-restore --noflush` and one `ip6tables-restore --noflush`
-(plus one `ipset restore` that destroys sets, only when some became stale: a set can
-only go after the last rule using it). It runs inside the host's network namespace
-and simply calls the binaries through the runner it is given.
+`ip6tables-save`, `ipset save`; between periodic full reads it trusts its record of
+its own chains, see `FirewallReconciler`), asks the compiler for the patch, and runs
+it as one `ipset restore`, one `iptables-restore --noflush` and one
+`ip6tables-restore --noflush` (plus one `ipset restore` that destroys sets, only when
+some became stale: a set can only go after the last rule using it). It runs inside the
+host's network namespace and simply calls the binaries through the runner it is given.
 
 Must never flush a table, never touch a chain or set that is not Terrace's
 (`TERRACE-…`, `tr-…`), and never edit a rule in FORWARD/INPUT that lacks our comment.
@@ -29,6 +30,7 @@ from fabric.policy import (
     Patch,
     RuleSet,
     compile_host_policy,
+    counters_by_origin,
     parse_counters,
     parse_ipset_save,
     parse_iptables_save,
@@ -119,6 +121,14 @@ class FirewallReconciler:
             for rule_hash, packets in parse_counters(text).items():
                 totals[rule_hash] = totals.get(rule_hash, 0) + packets
         return totals
+
+    def counters_by_origin(self) -> dict[str, int]:
+        """Packets per intent of the last applied rule set: `rule:<id>`,
+        `same-network:<network id>`, `default-drop:<endpoint id>`,
+        `spoofed-source:<endpoint id>`, … (empty before the first apply)."""
+        if self.applied is None:
+            return {}
+        return counters_by_origin(self.counters(), self.applied)
 
     def _install(self, desired: RuleSet) -> None:
         trusted = self._trusted_view()

@@ -283,6 +283,7 @@ def test_counters_are_read_back_by_hash_and_summed_by_origin():
     counters = firewall.counters()
     assert counters[drop.hash] == 7
     assert counters_by_origin(counters, firewall.applied)["default-drop:ep-1"] == 7
+    assert firewall.counters_by_origin()["default-drop:ep-1"] == 7
 
 
 def test_failed_restore_is_reported_with_the_command(caplog):
