@@ -22,6 +22,7 @@ from controller import (  # noqa: F401  (importing registers the routes)
     api_fabric,
     api_networks,
     api_state,
+    api_views,
 )
 from controller.auth import Authenticator, load_admin_token
 from controller.context import CONTROLLER_KEY, Controller
@@ -83,10 +84,13 @@ def create_app(controller: Controller) -> web.Application:
 
 def _add_dashboard(app: web.Application) -> None:
     """The dashboard (`controller/dashboard/`), when it is there."""
-    with contextlib.suppress(ImportError):
-        from controller import dashboard  # type: ignore[attr-defined]
-
-        dashboard.setup(app)
+    try:
+        from controller import dashboard
+    except ImportError:
+        return
+    setup = getattr(dashboard, "setup", None)
+    if setup is not None:
+        setup(app)
 
 
 async def open_controller(settings: Settings) -> tuple[Controller, EmbeddedPostgres | None]:
