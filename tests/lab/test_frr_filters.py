@@ -9,7 +9,7 @@ allocation, in both families, and send the host nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import pytest
 from fabric.frr import render_router_config
 from fabric.plan import plan_fabric
 from fabric.topology import load_topology
-from tests.lab.frr_lab import MiniFabric, mini_fabric, route_prefixes, wait_for
+from tests.lab.frr_lab import FRR_DAEMONS, MiniFabric, mini_fabric, route_prefixes, run, wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -39,11 +39,6 @@ def leaf_and_host(tmp_path: Path) -> Iterator[MiniFabric]:
     plan = plan_fabric(load_topology((ROOT / "lab/topologies/two-rack.clab.yml").read_text()))
     allocations = {"h1": ALLOCATION[4] + ALLOCATION[6]}
     config = render_router_config(plan, "leaf1", allocations, pools=POOLS)
-    # Test instrumentation only: keep what h1 sent before the filter, to know it all arrived.
-    for peer in plan.peers_for_host("h1"):
-        activate = f"  neighbor {peer.local_address} activate\n"
-        soft = f"  neighbor {peer.local_address} soft-reconfiguration inbound\n"
-        config = config.replace(activate, activate + soft)
     announced = [p for family in (4, 6) for p in ALLOCATION[family] + FOREIGN[family]]
     with mini_fabric(plan, ["leaf1", "h1"], {"leaf1": config}, {"h1": announced}, tmp_path) as f:
         yield f
@@ -68,3 +63,40 @@ def test_leaf_keeps_exactly_the_allocation(leaf_and_host: MiniFabric, family: in
         "leaf1", f"show bgp {af} neighbors {neighbor} advertised-routes json"
     )
     assert "error" not in advertised and route_prefixes(advertised) == set(), advertised
+
+
+LATER = {4: "10.64.0.16/28", 6: "2001:db8:100:1::/120"}
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_new_block_is_accepted_after_reload(tmp_path: Path, family: int) -> None:
+    """h1 announces a block before the leaf's filter allows it; `frr-reload.py` with the
+    re-rendered config makes the leaf accept it without resetting the session."""
+    plan = plan_fabric(load_topology((ROOT / "lab/topologies/two-rack.clab.yml").read_text()))
+    before = ALLOCATION[4] + ALLOCATION[6]
+    after = [*before, LATER[4], LATER[6]]
+    config = render_router_config(plan, "leaf1", {"h1": before}, pools=POOLS)
+    peer = next(p for p in plan.peers_for_host("h1") if p.family == family)
+    af, neighbor = f"ipv{family} unicast", peer.local_address
+    with mini_fabric(plan, ["leaf1", "h1"], {"leaf1": config}, {"h1": after}, tmp_path) as f:
+
+        def accepted(expected: set[str]) -> Callable[[], tuple[bool, Any]]:
+            def probe() -> tuple[bool, Any]:
+                received = f.vtysh_json("leaf1", f"show bgp {af} neighbors {neighbor} routes json")
+                return route_prefixes(received) == expected, received
+
+            return probe
+
+        wait_for("the allocation before the reload", accepted(set(ALLOCATION[family])))
+        received = f.vtysh_json("leaf1", f"show bgp {af} neighbors {neighbor} received-routes json")
+        assert LATER[family] in route_prefixes(received)
+        new = tmp_path / "leaf1.new.conf"
+        new.write_text(render_router_config(plan, "leaf1", {"h1": after}, pools=POOLS))
+        reload = run(
+            str(FRR_DAEMONS / "frr-reload.py"), "--reload", "--stdout", "-N",
+            f.namespaces["leaf1"], str(new),
+        )  # fmt: skip
+        assert reload.returncode == 0, reload.stdout + reload.stderr
+        wait_for("the new block after the reload", accepted({*ALLOCATION[family], LATER[family]}))
+        state = f.vtysh_json("leaf1", f"show bgp neighbors {neighbor} json")[neighbor]
+        assert state["connectionsEstablished"] == 1, state

@@ -155,8 +155,10 @@ def test_leaf_sessions() -> None:
         assert f" neighbor {address} timers 3 9\n" in text
         body = af[peer.family]
         assert f"neighbor {address} activate" in body
-        assert f"neighbor {address} prefix-list HOST-h1-V{peer.family} in" in body
-        assert f"neighbor {address} maximum-prefix 50" in body
+        assert f"neighbor {address} route-map HOST-h1-IN-V{peer.family} in" in body
+        assert f"neighbor {address} soft-reconfiguration inbound" in body
+        assert f"neighbor {address} route-map TO-HOSTS out" in body
+        assert f"neighbor {address} maximum-prefix 50 restart 1 force" in body
         assert f"neighbor {address} activate" not in af[10 - peer.family]
     for link in (x for x in plan.links if x.b == "leaf1"):
         spine = link.a_address4.split("/")[0], link.a_address6.split("/")[0]
@@ -165,6 +167,8 @@ def test_leaf_sessions() -> None:
         assert f"neighbor {spine[1]} activate" in af[6]
         assert f"neighbor {spine[1]} activate" not in af[4]
     assert "bgp graceful-restart\n" in text
+    assert "route-map HOST-h1-IN-V4 permit 10\n match ip address prefix-list HOST-h1-V4\n" in text
+    assert "route-map HOST-h1-IN-V6 permit 10\n match ipv6 address prefix-list HOST-h1-V6\n" in text
     assert "network 172.30.0.3/32" in af[4]
 
 
