@@ -311,6 +311,7 @@ class BgpSpeaker:
         self._lock = asyncio.Lock()
         self._synced = asyncio.Event()
         self._connected = asyncio.Event()
+        self._eor_due: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._supervisor: asyncio.Task[None] | None = None
         self._restarts = 0
@@ -406,6 +407,7 @@ class BgpSpeaker:
         self.announced = set()
         self.announced_path.unlink(missing_ok=True)
         self.session_states = {}
+        self._eor_due.clear()
         pid = self.process.start(self._config or "")
         log.info("started ExaBGP pid %s", pid)
 
@@ -473,7 +475,10 @@ class BgpSpeaker:
             if previous != message.state:
                 log.info("BGP session %s %s", message.peer_address, message.state)
             if message.state == "up":
-                self._spawn_task(self._end_of_rib(message.peer_address))
+                self._eor_due.add(message.peer_address)
+                self._spawn_task(self._end_of_rib())
+            else:
+                self._eor_due.discard(message.peer_address)
         elif isinstance(message, NeighborTable):
             self.session_states.update(message.states)
 
@@ -523,15 +528,20 @@ class BgpSpeaker:
             self._save_announced()
             await self._command("show neighbor json")
             self.errors = errors
-            if not errors:
-                self._synced.set()
+            # End-of-RIB follows even a partly refused sync: a leaf waiting for it keeps
+            # stale routes (which may be the very ones refused) for minutes
+            self._synced.set()
 
-    async def _end_of_rib(self, peer_address: str) -> None:
-        """After (re)establishment and a full sync, tell the leaf our RIB is complete."""
+    async def _end_of_rib(self) -> None:
+        """After a session came up and a sync ran, tell its leaf our RIB is complete."""
         await self._synced.wait()
-        family = next((p.family for p in self.peers if p.peer_address == peer_address), 4)
         async with self._lock:
-            await self._command(f"neighbor {peer_address} announce eor {AFI[family]} unicast")
+            for peer_address in sorted(self._eor_due):
+                self._eor_due.discard(peer_address)
+                family = next((p.family for p in self.peers if p.peer_address == peer_address), 4)
+                line = f"neighbor {peer_address} announce eor {AFI[family]} unicast"
+                if not await self._command(line):
+                    log.warning("End-of-RIB to %s refused", peer_address)
 
     def _save_announced(self) -> None:
         tmp = self.announced_path.with_suffix(".tmp")

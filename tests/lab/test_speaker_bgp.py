@@ -195,6 +195,16 @@ def sessions_established(fabric: Fabric) -> bool:
     return states.get(HOST4) == states.get(HOST6) == "Established"
 
 
+def end_of_rib_state(fabric: Fabric) -> dict[str, bool]:
+    """Per session: did the leaf get our End-of-RIB since the session came up?"""
+    received: dict[str, bool] = {}
+    for peer, family in ((HOST4, "ipv4Unicast"), (HOST6, "ipv6Unicast")):
+        info = fabric.vtysh(f"show bgp neighbors {peer} json").get(peer, {})
+        eor = info.get("gracefulRestartInfo", {}).get("endOfRibRecv", {})
+        received[peer] = bool(eor.get(family, False))
+    return received
+
+
 async def test_announce_withdraw_and_reinject_after_exabgp_dies(fabric: Fabric) -> None:
     speaker = speaker_in(fabric)
     leaf4 = partial(fabric.leaf_prefixes, 4)
@@ -242,6 +252,11 @@ async def test_announce_withdraw_and_reinject_after_exabgp_dies(fabric: Fabric) 
             speaker.report,
         )
         await wait_until("sessions back", partial(sessions_established, fabric), fabric.established)
+        await wait_until(
+            "End-of-RIB from the new ExaBGP in both families",
+            lambda: all(end_of_rib_state(fabric).values()),
+            partial(end_of_rib_state, fabric),
+        )
         await wait_until("block still at the leaf", lambda: leaf4() == {"10.64.0.0/28"}, leaf4)
     finally:
         await speaker.close()
