@@ -20,7 +20,6 @@ Pure: no I/O, no rendering.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -168,8 +167,3 @@ def _sorted(networks: Iterable[IPNetwork]) -> list[IPNetwork]:
 
 def _network_key(network: IPNetwork) -> tuple[int, int, int]:
     return (network.version, int(network.network_address), network.prefixlen)
-
-
-def sort_cidrs(cidrs: Iterable[str]) -> list[str]:
-    """CIDRs in address order, IPv4 first (the order filters and reports list them)."""
-    return [str(n) for n in _sorted(ipaddress.ip_network(c) for c in cidrs)]
