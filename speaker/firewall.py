@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 _SAVE = {4: "iptables-save", 6: "ip6tables-save"}
 _RESTORE = {4: "iptables-restore", 6: "ip6tables-restore"}
 _LIST = {4: "iptables", 6: "ip6tables"}
+_WAIT = ("-w", "5")
+"""Wait up to 5 s for the xtables lock (legacy backend; harmless with nf_tables)."""
 
 
 class FirewallError(RuntimeError):
@@ -167,10 +169,10 @@ class FirewallReconciler:
 
     def _base_chains(self, family: Family) -> InstalledTable:
         listing = "".join(
-            self._run([_LIST[family], "-t", "filter", "-S", chain]) for chain in BASE_CHAINS
+            self._run([_LIST[family], *_WAIT, "-t", "filter", "-S", chain]) for chain in BASE_CHAINS
         )
         return parse_iptables_save(f"*filter\n{listing}COMMIT\n")
 
     def _restore(self, family: Family, script: str) -> None:
         if script:
-            self._run([_RESTORE[family], "--noflush"], script)
+            self._run([_RESTORE[family], *_WAIT, "--noflush"], script)

@@ -391,6 +391,10 @@ def test_foreign_rules_survive_and_jumps_stay_first(lab: Lab) -> None:
     assert _foreign_snapshot(lab) == foreign
     firewall.apply(state(revision=9))
     assert firewall.last_patch is not None and firewall.last_patch.empty, firewall.last_patch
+    # a restarted speaker reads everything back and finds nothing to change
+    restarted = FirewallReconciler(runner=lab.runner)
+    restarted.apply(state(revision=9))
+    assert restarted.last_patch is not None and restarted.last_patch.empty, restarted.last_patch
 
     firewall.remove_all()
     saved = lab.in_host("iptables-save") + lab.in_host("ip6tables-save")
