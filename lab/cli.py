@@ -240,6 +240,7 @@ def _run_sync(args: argparse.Namespace) -> int:
     names = [n.name for n in (*topology.spines(), *topology.leaves())]
     sync = frr_sync.FabricSync(paths, state.admin_token, names)
     logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("lab").setLevel(logging.DEBUG)
 
     async def main() -> None:
         if not args.watch:

@@ -127,6 +127,8 @@ class FabricSync:
             how,
             (time.monotonic() - started) * 1000,
         )
+        for line in (*(f"- {x}" for x in change.removed), *(f"+ {x}" for x in change.added))[:40]:
+            log.debug("router %s: %s", router, line)
 
     def _apply_prefix_lists(self, router: str, change: ConfigChange) -> None:
         commands = ["configure terminal"]

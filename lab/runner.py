@@ -249,27 +249,27 @@ class _Builder:
     def speakers(self) -> None:
         for host in self.plan.hosts:
             self.logs.append(self.paths.log(f"speaker-{host}"))
-            argv = [
-                *procs.terrace_command(),
-                "speaker",
-                "--controller",
-                self.paths.url,
-                "--host",
-                host,
-                "--token-file",
-                str(self.paths.token_file(host)),
-                "--runtime-dir",
-                str(self.paths.speaker_dir(host)),
-            ]
-            procs.spawn(
-                self.paths,
-                f"speaker-{host}",
-                argv,
-                netns=node_netns(self.paths.name, host),
-            )
+            start_speaker(self.paths, host)
 
     def sessions(self) -> None:
         wait_for_sessions(self.paths, self.plan, self.options.session_deadline, self.say)
+
+
+def start_speaker(paths: LabPaths, host: str) -> int:
+    """Start the speaker of `host` in its namespace (also to restart one); its pid."""
+    argv = [
+        *procs.terrace_command(),
+        "speaker",
+        "--controller",
+        paths.url,
+        "--host",
+        host,
+        "--token-file",
+        str(paths.token_file(host)),
+        "--runtime-dir",
+        str(paths.speaker_dir(host)),
+    ]
+    return procs.spawn(paths, f"speaker-{host}", argv, netns=node_netns(paths.name, host))
 
 
 def make_namespace(netns: str, *, forwarding: bool) -> None:
@@ -291,11 +291,14 @@ def _add_address(netns: str, interface: str, address: str) -> None:
     procs.run(["ip", "-n", netns, "addr", "replace", address, "dev", interface, *extra])
 
 
-def wait_for_controller(paths: LabPaths, pid: int, deadline: float = CONTROLLER_DEADLINE) -> None:
+def wait_for_controller(
+    paths: LabPaths, pid: int | None = None, deadline: float = CONTROLLER_DEADLINE
+) -> None:
+    """Until the lab's controller answers `/healthz` ok (and while `pid` lives)."""
     end = time.monotonic() + deadline
     seen = "no answer yet"
     while time.monotonic() < end:
-        if not procs.alive(pid):
+        if pid is not None and not procs.alive(pid):
             raise LabError(f"the controller exited: see {paths.log('controller')}")
         if paths.socket.exists():
             try:
