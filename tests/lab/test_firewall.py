@@ -24,7 +24,7 @@ import pytest
 from fabric.naming import host_interface
 from fabric.policy import counters_by_origin, ingress_chain
 from fabric.state import Endpoint, HostInfo, HostState, Network, Rule
-from speaker.firewall import FirewallReconciler, run_command
+from speaker.firewall import FirewallReconciler, Runner, run_command
 
 pytestmark = pytest.mark.lab
 
@@ -42,6 +42,7 @@ NET_B = Network("net-b", "tenant-2", ("10.20.0.0/24", "fd00:b::/64"), "beta")
 EP1 = Endpoint("ep-1", "c1", "net-a", "10.10.0.2", "fd00:a::2")
 EP2 = Endpoint("ep-2", "c2", "net-a", "10.10.1.2", "fd00:a:1::2")
 EP3 = Endpoint("ep-3", "c3", "net-b", "10.20.0.2", "fd00:b::2")
+EP4 = Endpoint("ep-4", "c4", "net-a", "10.10.0.4", "fd00:a::4")
 A_TO_B_HTTP = Rule("rule-a-to-b-http", "net-b", "net-a", None, "tcp", (str(PORT),))
 
 
@@ -90,8 +91,19 @@ class Lab:
     def container(self, endpoint: Endpoint) -> str:
         return f"trf-{self.tag}-{endpoint.name}"
 
+    @property
+    def other_host(self) -> str:
+        return f"trf-{self.tag}-h2"
+
     def namespaces(self) -> list[str]:
-        return [self.host, *(self.container(e) for e in (EP1, EP2, EP3))]
+        containers = [self.container(e) for e in (EP1, EP2, EP3, EP4)]
+        return [self.host, self.other_host, *containers]
+
+    def runner_in(self, host: str) -> Runner:
+        def runner(argv: Sequence[str], stdin: str | None = None) -> str:
+            return run_command(["ip", "netns", "exec", host, *argv], stdin)
+
+        return runner
 
     def in_host(self, *args: str, check: bool = True) -> str:
         return sh("ip", "netns", "exec", self.host, *args, check=check)
@@ -143,18 +155,23 @@ def _pings(namespace: str, address: str, source: str | None = None) -> bool:
     return subprocess.run([*argv, address], capture_output=True, check=False).returncode == 0
 
 
-def _wire(lab: Lab, endpoint: Endpoint) -> None:
+def _wire(lab: Lab, endpoint: Endpoint, host: str | None = None) -> None:
+    host = host or lab.host
+
+    def on_host(*args: str) -> str:
+        return sh("ip", "netns", "exec", host, *args)
+
     veth, ns = host_interface(endpoint.id), lab.container(endpoint)
-    lab.in_host("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-    lab.in_host("ip", "link", "set", veth, "up")
-    lab.in_host("ip", "-6", "addr", "add", f"{GATEWAY6}/64", "dev", veth, "nodad")
+    on_host("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+    on_host("ip", "link", "set", veth, "up")
+    on_host("ip", "-6", "addr", "add", f"{GATEWAY6}/64", "dev", veth, "nodad")
     lab.in_container(endpoint, "ip", "link", "set", "lo", "up")
     lab.in_container(endpoint, "ip", "link", "set", "eth0", "up")
     lab.in_container(endpoint, "ip", "addr", "add", f"{endpoint.ipv4}/32", "dev", "eth0")
     lab.in_container(
         endpoint, "ip", "-6", "addr", "add", f"{endpoint.ipv6}/128", "dev", "eth0", "nodad"
     )
-    host_mac = _mac(lab.in_host("ip", "-o", "link", "show", veth))
+    host_mac = _mac(on_host("ip", "-o", "link", "show", veth))
     container_mac = _mac(lab.in_container(endpoint, "ip", "-o", "link", "show", "eth0"))
     lab.in_container(
         endpoint,
@@ -190,7 +207,7 @@ def _wire(lab: Lab, endpoint: Endpoint) -> None:
     )
     for family, address in (("-4", endpoint.ipv4), ("-6", endpoint.ipv6)):
         assert address
-        lab.in_host(
+        on_host(
             "ip",
             family,
             "neigh",
@@ -203,7 +220,7 @@ def _wire(lab: Lab, endpoint: Endpoint) -> None:
             "nud",
             "permanent",
         )
-        lab.in_host("ip", family, "route", "add", address, "dev", veth)
+        on_host("ip", family, "route", "add", address, "dev", veth)
 
 
 def _mac(link_line: str) -> str:
@@ -412,3 +429,125 @@ def test_unknown_veth_is_closed_before_its_chain_exists(lab: Lab) -> None:
     assert not _pings(lab.container(EP2), HOST4)
     firewall.apply(state())
     expect(lab, [(EP1, EP2), (EP2, EP1)], lambda probe: True)
+
+
+# ------------------------------------------------------------------ two hosts
+
+FABRIC_A, FABRIC_B = ("10.255.0.1", "fd00:255::1"), ("10.255.0.2", "fd00:255::2")
+
+
+@pytest.fixture
+def two_hosts() -> Iterator[Lab]:
+    """Host A (c1, later c4) and host B (c2, c3), linked by one routed veth."""
+    _require_root()
+    lab = Lab()
+    try:
+        for ns in lab.namespaces():
+            sh("ip", "netns", "add", ns)
+        a, b = lab.host, lab.other_host
+        sh(
+            "ip",
+            "netns",
+            "exec",
+            a,
+            "ip",
+            "link",
+            "add",
+            "fab0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "fab0",
+            "netns",
+            b,
+        )
+        for host, (v4, v6) in ((a, FABRIC_A), (b, FABRIC_B)):
+
+            def on(*args: str, host: str = host) -> str:
+                return sh("ip", "netns", "exec", host, *args)
+
+            on("ip", "link", "set", "lo", "up")
+            on("ip", "link", "set", "fab0", "up")
+            on("ip", "addr", "add", f"{v4}/30", "dev", "fab0")
+            on("ip", "-6", "addr", "add", f"{v6}/64", "dev", "fab0", "nodad")
+            on("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+        for endpoint, host in ((EP1, a), (EP2, b), (EP3, b)):
+            _wire(lab, endpoint, host)
+            _route_remote(lab, endpoint, host)
+            lab.serve(lab.container(endpoint), PORT)
+        yield lab
+    finally:
+        for server in lab.servers:
+            server.kill()
+            server.wait()
+        for ns in lab.namespaces():
+            sh("ip", "netns", "del", ns, check=False)
+
+
+def _route_remote(lab: Lab, endpoint: Endpoint, host: str) -> None:
+    """On the other host, route the endpoint's addresses over the fabric link."""
+    other, (via4, via6) = (lab.other_host, FABRIC_A) if host == lab.host else (lab.host, FABRIC_B)
+    sh("ip", "netns", "exec", other, "ip", "route", "add", f"{endpoint.ipv4}/32", "via", via4)
+    sh(
+        "ip",
+        "netns",
+        "exec",
+        other,
+        "ip",
+        "-6",
+        "route",
+        "add",
+        f"{endpoint.ipv6}/128",
+        "via",
+        via6,
+    )
+
+
+def host_states(endpoints_a: tuple[Endpoint, ...], revision: int) -> tuple[HostState, HostState]:
+    def for_host(name: str, endpoints: tuple[Endpoint, ...]) -> HostState:
+        return HostState(
+            revision=revision,
+            host=HostInfo(name, "r1", 4200000001, HOST4),
+            endpoints=endpoints,
+            networks=(NET_A, NET_B),
+            rules=(A_TO_B_HTTP,),
+        )
+
+    return for_host("a", endpoints_a), for_host("b", (EP2, EP3))
+
+
+def terrace_rules(lab: Lab, host: str) -> str:
+    text = ""
+    for tool in ("iptables-save", "ip6tables-save"):
+        saved = sh("ip", "netns", "exec", host, tool, "-t", "filter")
+        text += "\n".join(line for line in saved.splitlines() if "TERRACE" in line) + "\n"
+    return text + sh("ip", "netns", "exec", host, "ipset", "save")
+
+
+def test_across_hosts_policy_holds_and_endpoint_churn_stays_local(two_hosts: Lab) -> None:
+    lab = two_hosts
+    firewall_a = FirewallReconciler(runner=lab.runner_in(lab.host))
+    firewall_b = FirewallReconciler(runner=lab.runner_in(lab.other_host))
+    state_a, state_b = host_states((EP1,), revision=1)
+    firewall_a.apply(state_a)
+    firewall_b.apply(state_b)
+    expect(lab, [(EP1, EP2), (EP2, EP1)], lambda probe: True)
+    expect(
+        lab,
+        [(EP1, EP3), (EP3, EP1)],
+        lambda probe: probe.startswith("c1->c3") and probe.endswith("tcp"),
+    )
+
+    before_b = terrace_rules(lab, lab.other_host)
+    _wire(lab, EP4, lab.host)
+    _route_remote(lab, EP4, lab.host)
+    lab.serve(lab.container(EP4), PORT)
+    state_a, state_b = host_states((EP1, EP4), revision=2)
+    firewall_a.apply(state_a)
+    FirewallReconciler(runner=lab.runner_in(lab.other_host)).apply(state_b)
+    assert terrace_rules(lab, lab.other_host) == before_b, "host B changed for an endpoint on A"
+    expect(lab, [(EP4, EP2), (EP2, EP4), (EP4, EP1)], lambda probe: True)
+
+    lab.in_container(EP1, "ip", "addr", "add", "10.10.0.99/32", "dev", "eth0")
+    assert not _pings(lab.container(EP1), EP2.ipv4 or "", source="10.10.0.99")
