@@ -149,3 +149,15 @@ def test_a_new_endpoint_rewrites_no_other_endpoints_chain(state, added):
         assert rewritten <= mine
     members = {m for s in after.sets.values() for m in s.members}
     assert not any(m.endswith(("/32", "/128")) for m in members)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sequences)
+def test_one_long_lived_reconciler_trusting_its_record_stays_exact(states):
+    fake = FakeNetfilter()
+    firewall = FirewallReconciler(runner=fake, resync_interval=1e9, clock=lambda: 0.0)
+    for state in [*states, *states[::-1]]:
+        firewall.apply(state)
+        reader = FirewallReconciler(runner=fake)
+        assert reader.installed().owned() == compile_host_policy(state).installed()
+    assert sum(1 for call in fake.calls if call[0] == "iptables-save") == 1 + 2 * len(states)
