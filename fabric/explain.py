@@ -204,14 +204,14 @@ def rule_coverage(rule: Rule, protocol: str | None, port: int | None) -> Coverag
     Semantics: protocol `any` without ports is all traffic; `any` with ports is tcp and
     udp on those ports; `icmp` ignores ports; a rule with an invalid port allows nothing.
     """
+    if rule.protocol == "icmp":
+        return "full" if protocol == "icmp" else ("partial" if protocol is None else "none")
     try:
         ranges = [parse_port_range(p) for p in rule.ports]
     except ValueError:
         return "none"
     if rule.protocol == "any" and not ranges:
         return "full"
-    if rule.protocol == "icmp":
-        return "full" if protocol == "icmp" else ("partial" if protocol is None else "none")
     services = {"tcp", "udp"} if rule.protocol == "any" else {rule.protocol}
     if protocol is None:
         return "partial"
