@@ -129,6 +129,7 @@ function currentTab() {
 }
 
 function selectTab(id, focus = false) {
+  if (id !== currentTab()) hideDetails();
   for (const tab of document.querySelectorAll('[role="tab"]')) {
     const on = tab.dataset.view === id;
     tab.setAttribute("aria-selected", String(on));

@@ -42,7 +42,7 @@ function prepend(panel, event) {
   list.querySelector(".empty")?.remove();
   list.prepend(h("li", { dataset: { kind: event.kind, id: event.id } },
     h("time", { datetime: event.at }, timeOf(event.at)),
-    h("span", { class: `kind ${event.kind}` }, `${event.kind} ${event.action}`),
+    h("span", { class: `kind kind-${event.kind}` }, `${event.kind} ${event.action}`),
     h("span", { class: "what" }, event.summary || shortId(event.object_id)),
     event.revision ? h("span", { class: "muted small" }, `rev ${event.revision}`) : null));
 }

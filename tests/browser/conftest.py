@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest_asyncio
 
+from fabric.policy import compile_host_policy
+from fabric.state import HostState
 from tests.conftest import require
 from tests.integration import conftest as integration
 from tests.integration.conftest import Api
@@ -72,7 +74,11 @@ async def screenshot(page: Any, name: str) -> Path:
 
 
 async def report_status(
-    api: Api, host: str, sessions: dict[tuple[str, int], str], applied: int
+    api: Api,
+    host: str,
+    sessions: dict[tuple[str, int], str],
+    applied: int,
+    counters: dict[str, int] | None = None,
 ) -> None:
     """What a speaker would post: its BGP session states and applied revision."""
     doc = {
@@ -91,6 +97,7 @@ async def report_status(
             "announced": 0,
             "desired": 0,
         },
+        "firewall_counters": counters or {},
     }
     await api.ok("POST", f"/v1/hosts/{host}/status", doc, status=200)
 
@@ -145,6 +152,20 @@ async def seeded(api: Api) -> dict[str, Any]:
             {"network_id": s[name]["id"], "host": host, "name": f"{name}-1"},
         )
     revision = (await api.ok("GET", "/v1/status", status=200))["revision"]
+    counters = await drop_counters(api, "h1", s["web-1"]["id"], dropped=42, spoofed=3)
     for host, sessions in SESSIONS.items():
-        await report_status(api, host, sessions, 0 if host == "h2" else revision)
+        applied = 0 if host == "h2" else revision
+        await report_status(api, host, sessions, applied, counters if host == "h1" else None)
     return s
+
+
+async def drop_counters(
+    api: Api, host: str, endpoint_id: str, *, dropped: int, spoofed: int
+) -> dict[str, int]:
+    """Counters keyed by rule hash, as the speaker reads them from iptables-save -c."""
+    state = HostState.from_json(
+        await api.ok("GET", f"/v1/hosts/{host}/desired-state?timeout=0", status=200)
+    )
+    origins = compile_host_policy(state).origins()
+    wanted = {f"default-drop:{endpoint_id}": dropped, f"spoofed-source:{endpoint_id}": spoofed}
+    return {rule_hash: wanted[origin] for rule_hash, origin in origins.items() if origin in wanted}

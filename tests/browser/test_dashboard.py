@@ -126,6 +126,9 @@ async def test_rule_turns_its_matrix_cell_allowed(page: Any, seeded: dict[str, A
     await expect(cell).to_contain_text(f"rule {rule['id'][:8]}")
     reverse = page.locator(f'#policy-matrix td[data-src="{db}"][data-dst="{web}"]')
     await expect(reverse).to_have_attribute("data-verdict", "denied")
+    drops = page.locator(f'#drops tr[data-network="{web}"]')
+    await expect(drops).to_contain_text("acme/web42")  # web-1 on h1 reports 42 drops
+    await expect(drops).to_contain_text("3")
     await screenshot(page, "policy")
 
 
