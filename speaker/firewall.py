@@ -18,15 +18,14 @@ import logging
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Protocol
 
 from fabric.policy import (
     BASE_CHAINS,
     FAMILIES,
-    Family,
     Installed,
-    InstalledTable,
     Patch,
     RuleSet,
     compile_host_policy,
@@ -112,14 +111,17 @@ class FirewallReconciler:
 
     def installed(self) -> Installed:
         """What the kernel holds now, restricted to Terrace's objects and base chains."""
-        tables = {f: parse_iptables_save(self._run([_SAVE[f], "-t", "filter"])) for f in FAMILIES}
-        return Installed(sets=parse_ipset_save(self._run(["ipset", "save"])), tables=tables)
+        saves = [[_SAVE[f], "-t", "filter"] for f in FAMILIES]
+        sets_text, *tables_text = self._run_together([["ipset", "save"], *saves])
+        tables = {
+            f: parse_iptables_save(text) for f, text in zip(FAMILIES, tables_text, strict=True)
+        }
+        return Installed(sets=parse_ipset_save(sets_text), tables=tables)
 
     def counters(self) -> dict[str, int]:
         """Packets per rule hash (`tr:<hash>` comments), IPv4 and IPv6 summed."""
         totals: dict[str, int] = {}
-        for family in FAMILIES:
-            text = self._run([_SAVE[family], "-c", "-t", "filter"])
+        for text in self._run_together([[_SAVE[f], "-c", "-t", "filter"] for f in FAMILIES]):
             for rule_hash, packets in parse_counters(text).items():
                 totals[rule_hash] = totals.get(rule_hash, 0) + packets
         return totals
@@ -150,8 +152,7 @@ class FirewallReconciler:
         self.last_patch = patch
         if patch.ipset:
             self._run(["ipset", "restore", "-exist"], patch.ipset)
-        for family in FAMILIES:
-            self._restore(family, patch.iptables.get(family, ""))
+        self._restore_tables(patch)
         if patch.ipset_cleanup:
             self._run(["ipset", "restore", "-exist"], patch.ipset_cleanup)
         self._record = desired.installed()
@@ -161,18 +162,36 @@ class FirewallReconciler:
         record = self._record
         if record is None or self._clock() - self._read_at >= self._resync_interval:
             return None
+        listings = [
+            [_LIST[f], *_WAIT, "-t", "filter", "-S", c] for f in FAMILIES for c in BASE_CHAINS
+        ]
+        sets_text, *chains = self._run_together([["ipset", "save"], *listings])
         tables = {}
-        for family in FAMILIES:
-            base = self._base_chains(family)
-            tables[family] = replace(record.tables[family], base=base.base)
-        return Installed(sets=parse_ipset_save(self._run(["ipset", "save"])), tables=tables)
+        for i, family in enumerate(FAMILIES):
+            listing = "".join(chains[i * len(BASE_CHAINS) : (i + 1) * len(BASE_CHAINS)])
+            base = parse_iptables_save(f"*filter\n{listing}COMMIT\n").base
+            tables[family] = replace(record.tables[family], base=base)
+        return Installed(sets=parse_ipset_save(sets_text), tables=tables)
 
-    def _base_chains(self, family: Family) -> InstalledTable:
-        listing = "".join(
-            self._run([_LIST[family], *_WAIT, "-t", "filter", "-S", chain]) for chain in BASE_CHAINS
-        )
-        return parse_iptables_save(f"*filter\n{listing}COMMIT\n")
+    def _restore_tables(self, patch: Patch) -> None:
+        """IPv4 and IPv6 are independent tables: restore them side by side."""
+        commands = [
+            ([_RESTORE[f], *_WAIT, "--noflush"], patch.iptables[f])
+            for f in FAMILIES
+            if patch.iptables.get(f)
+        ]
+        self._run_together([argv for argv, _ in commands], [script for _, script in commands])
 
-    def _restore(self, family: Family, script: str) -> None:
-        if script:
-            self._run([_RESTORE[family], *_WAIT, "--noflush"], script)
+    def _run_together(
+        self, commands: Sequence[Sequence[str]], stdins: Sequence[str | None] | None = None
+    ) -> list[str]:
+        """Run independent commands concurrently; outputs in order; the first error raises."""
+        inputs = list(stdins) if stdins is not None else [None] * len(commands)
+        if len(commands) <= 1:
+            return [self._run(argv, stdin) for argv, stdin in zip(commands, inputs, strict=True)]
+        with ThreadPoolExecutor(max_workers=len(commands)) as pool:
+            futures = [
+                pool.submit(self._run, argv, stdin)
+                for argv, stdin in zip(commands, inputs, strict=True)
+            ]
+            return [future.result() for future in futures]
