@@ -125,13 +125,14 @@ def test_verdict_json_names_objects():
 
 # ------------------------------------------------- explain agrees with the compiler
 
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from fabric.policy import compile_host_policy, ingress_chain  # noqa: E402
 from fabric.state import HostInfo, HostState  # noqa: E402
 
 SOURCES = ["10.10.0.7", "10.10.1.9", "10.20.0.5", "10.30.0.3", "192.0.2.7", "198.51.100.1"]
+SOURCES6 = ["fd00:a::7", "fd00:b::5", "2001:db8:ff::1", "2001:db8:1::1"]
 RULE_POOL = [
     HTTP,
     DNS,
@@ -142,15 +143,19 @@ RULE_POOL = [
     Rule("r-bad", "net-b", "net-c", None, "tcp", ("x",)),
     Rule("r-tcp", "net-c", None, "10.0.0.0/8", "tcp", ("22", "8000-8100")),
     Rule("r-icmp-bad", "net-a", None, "10.0.0.0/8", "icmp", ("x",)),
+    Rule("r-v6", "net-b", None, "2001:db8:ff::/48", "udp", ("53",)),
+    Rule("r-v6-any", "net-a", None, "2001:db8::/32", "icmp"),
 ]
 
 
 def chain_verdict(ruleset, endpoint, src, proto, port):
-    """Walk the compiled ingress chain of `endpoint` for one new IPv4 packet."""
+    """Walk the compiled ingress chain of `endpoint` for one new packet from `src`."""
     import ipaddress
 
     address = ipaddress.ip_address(src)
-    for rule in ruleset.tables[4].chains[ingress_chain(endpoint.id)]:
+    if proto == "icmp" and address.version == 6:
+        proto = "ipv6-icmp"
+    for rule in ruleset.tables[address.version].chains[ingress_chain(endpoint.id)]:
         words = rule.match.split()
         options = {flag: words[i + 1] for i, flag in enumerate(words[:-1]) if flag.startswith("-")}
         if "--match-set" in words:
@@ -172,7 +177,7 @@ def chain_verdict(ruleset, endpoint, src, proto, port):
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(st.sampled_from(RULE_POOL), unique=True),
-    st.sampled_from(SOURCES),
+    st.sampled_from(SOURCES + SOURCES6),
     st.sampled_from([C1, C3, Endpoint("ep-g", "g1", "net-c", "10.30.0.2", None)]),
     st.sampled_from(["tcp", "udp", "icmp"]),
     st.sampled_from([22, 53, 80, 443, 8050]),
@@ -186,8 +191,10 @@ def test_explain_agrees_with_the_compiled_chain(rules, src, endpoint, proto, por
         rules=tuple(rules),
     )
     asked_port = None if proto == "icmp" else port
+    dst = endpoint.ipv6 if ":" in src else endpoint.ipv4
+    assume(dst is not None)
     verdict = explain(
-        src, endpoint.ipv4, proto, asked_port, networks=state.networks, rules=rules, endpoints=()
+        src, dst, proto, asked_port, networks=state.networks, rules=rules, endpoints=()
     )
     compiled = chain_verdict(compile_host_policy(state), endpoint, src, proto, port)
     assert verdict.allowed == compiled, verdict.message
