@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.3
 _PREFIX_LIST = re.compile(r"^(ip|ipv6) prefix-list (HOST-(\S+)-V[46]) seq \d+ (permit|deny) \S+$")
+_ENTRY = re.compile(r"^(ip|ipv6) prefix-list (HOST-\S+-V[46]) seq (\d+) (permit|deny) (\S+)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,82 @@ def config_change(old: str, new: str) -> ConfigChange:
     )
 
 
+DENY_SEQ = 4_000_000_000
+"""Where the running `deny any` of a host list is moved by the first incremental update:
+far above the template's numbering, so new permits always find a free seq below it."""
+
+
+@dataclass(slots=True)
+class PrefixList:
+    """One running prefix-list: permitted prefixes with their seq, and the `deny any` seq."""
+
+    family: str  # "ip" or "ipv6"
+    permits: dict[str, int]
+    deny: int | None = None
+
+
+def parse_prefix_lists(config: str) -> dict[str, PrefixList]:
+    """The host prefix-lists of a config (`HOST-<host>-V4|V6`)."""
+    lists: dict[str, PrefixList] = {}
+    for line in config.splitlines():
+        match = _ENTRY.match(line.rstrip())
+        if not match:
+            continue
+        family, name, seq, action, prefix = match.groups()
+        entry = lists.setdefault(name, PrefixList(family, {}))
+        if action == "deny":
+            entry.deny = int(seq)
+        else:
+            entry.permits[prefix] = int(seq)
+    return lists
+
+
+def prefix_list_commands(
+    running: dict[str, PrefixList], wanted: dict[str, PrefixList]
+) -> tuple[list[str], dict[str, PrefixList]]:
+    """The vtysh config commands that make `running` permit what `wanted` permits, and
+    the running lists afterwards.
+
+    Only what changes is sent, one command per prefix: the rendered seq numbers shift
+    when a prefix is inserted, so mirroring them would rewrite the rest of the list. An
+    existing seq is never modified in place (FRR keeps the old `le` of the entry, so
+    turning `seq N deny any` into a permit would permit every more-specific prefix):
+    entries are only added and removed. Permits are added before anything is removed.
+    """
+    commands: list[str] = []
+    after: dict[str, PrefixList] = {}
+    for name in sorted(set(running) | set(wanted)):
+        old = running.get(name) or PrefixList(wanted[name].family, {})
+        new = wanted.get(name)
+        head = f"{old.family} prefix-list {name}"
+        if new is None:
+            commands.append(f"no {head}")
+            continue
+        state = PrefixList(old.family, dict(old.permits), old.deny)
+        if state.deny != DENY_SEQ:
+            commands.append(f"{head} seq {DENY_SEQ} deny any")
+        used = {*state.permits.values(), *([state.deny] if state.deny is not None else [])}
+        for prefix in sorted(set(new.permits) - set(state.permits), key=new.permits.__getitem__):
+            seq = _free_seq(new.permits[prefix], used)
+            used.add(seq)
+            state.permits[prefix] = seq
+            commands.append(f"{head} seq {seq} permit {prefix}")
+        for prefix in sorted(set(state.permits) - set(new.permits)):
+            commands.append(f"no {head} seq {state.permits.pop(prefix)} permit {prefix}")
+        if state.deny is not None and state.deny != DENY_SEQ:
+            commands.append(f"no {head} seq {state.deny} deny any")
+        state.deny = DENY_SEQ
+        after[name] = state
+    return commands, after
+
+
+def _free_seq(preferred: int, used: set[int]) -> int:
+    seq = preferred
+    while seq in used or seq >= DENY_SEQ:
+        seq = seq + 1 if seq + 1 < DENY_SEQ else 1
+    return seq
+
+
 class FabricSync:
     """Renders and applies the configs of `router_names` in lab `paths`."""
 
@@ -83,11 +160,13 @@ class FabricSync:
         self.token = token
         self.routers = tuple(router_names)
         self.applied: dict[str, str] = {}
+        self.lists: dict[str, dict[str, PrefixList]] = {}
         for router in self.routers:
             try:
                 self.applied[router] = routers.config_path(paths, router).read_text()
             except OSError:
                 self.applied[router] = ""
+            self.lists[router] = parse_prefix_lists(self.applied[router])
 
     async def sync_once(self, client: ControllerClient) -> list[str]:
         """Bring every router up to date; returns the routers that changed."""
@@ -103,20 +182,24 @@ class FabricSync:
             *(asyncio.to_thread(self._apply, r, wanted[r]) for r in changed),
             return_exceptions=True,
         )
+        failed = [r for r, result in zip(changed, results, strict=True) if result is not None]
         for router, result in zip(changed, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("router %s: %s", router, result)
+        if failed:
+            raise LabError(f"routers not in sync: {', '.join(failed)}")
         return changed
 
     def _apply(self, router: str, config: str) -> None:
         change = config_change(self.applied.get(router, ""), config)
         started = time.monotonic()
-        if self.applied.get(router) and change.prefix_lists_only:
-            self._apply_prefix_lists(router, change)
+        if self.applied.get(router) and self.lists[router] and change.prefix_lists_only:
+            self._apply_prefix_lists(router, change, config)
             routers.config_path(self.paths, router).write_text(config)
             how = "prefix-lists"
         else:
             routers.reload_router(self.paths, router, config)
+            self.lists[router] = parse_prefix_lists(config)
             how = "frr-reload"
         self.applied[router] = config
         log.info(
@@ -130,22 +213,21 @@ class FabricSync:
         for line in (*(f"- {x}" for x in change.removed), *(f"+ {x}" for x in change.added))[:40]:
             log.debug("router %s: %s", router, line)
 
-    def _apply_prefix_lists(self, router: str, change: ConfigChange) -> None:
-        commands = ["configure terminal"]
-        # Removing first: a seq number may change from `deny any` to a `permit`.
-        commands += [f"no {line}" for line in change.removed]
-        commands += list(change.added)
-        commands += ["end"]
+    def _apply_prefix_lists(self, router: str, change: ConfigChange, config: str) -> None:
+        edits, after = prefix_list_commands(self.lists[router], parse_prefix_lists(config))
+        commands = ["configure terminal", *edits, "end"]
         for host in sorted(change.hosts()):
             commands += [f"clear bgp {afi} unicast {peer} soft in" for afi, peer in _peers(
-                self.applied[router], host
+                config, host
             )]  # fmt: skip
         argv = ["vtysh", "-N", node_netns(self.paths.name, router)]
         for command in commands:
             argv += ["-c", command]
         done = procs.run(argv, check=False, timeout=30)
         if done.returncode != 0:
+            self.lists[router] = {}  # unknown now: the next change goes through frr-reload
             raise LabError(f"router {router}: vtysh refused: {(done.stdout + done.stderr)[-500:]}")
+        self.lists[router] = after
 
 
 def _peers(config: str, host: str) -> list[tuple[str, str]]:

@@ -243,8 +243,7 @@ class _Builder:
 
     def sync(self) -> None:
         self.logs.append(self.paths.log("sync"))
-        argv = [*procs.terrace_command(), "lab", "sync", "--name", self.paths.name, "--watch"]
-        procs.spawn(self.paths, "sync", argv)
+        start_sync(self.paths)
 
     def speakers(self) -> None:
         for host in self.plan.hosts:
@@ -253,6 +252,12 @@ class _Builder:
 
     def sessions(self) -> None:
         wait_for_sessions(self.paths, self.plan, self.options.session_deadline, self.say)
+
+
+def start_sync(paths: LabPaths) -> int:
+    """Start `terrace lab sync --watch` for the lab (also to restart it); its pid."""
+    argv = [*procs.terrace_command(), "lab", "sync", "--name", paths.name, "--watch"]
+    return procs.spawn(paths, "sync", argv)
 
 
 def start_speaker(paths: LabPaths, host: str) -> int:
