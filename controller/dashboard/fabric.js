@@ -41,6 +41,7 @@ export async function refresh(session, panel) {
   }
   const doc = await session.api.get("/v1/views/fabric");
   const model = buildModel(doc);
+  const focused = panel.contains(document.activeElement) ? document.activeElement.dataset?.node : null;
   fill(panel, 
     h("div", { class: "view-head" }, h("h2", {}, "Fabric"), summary(doc, model)),
     doc.fabric ? null : h("p", { class: "notice", role: "status" },
@@ -48,6 +49,8 @@ export async function refresh(session, panel) {
     legend(),
     h("div", { class: "drawing" }, draw(model)),
   );
+  // a live redraw must not take the keyboard focus away from the node it was on
+  if (focused) panel.querySelector(`[data-node="${CSS.escape(focused)}"]`)?.focus();
 }
 
 function summary(doc, model) {
@@ -90,33 +93,42 @@ function rowX(start, width, count) {
   return Array.from({ length: count }, (_, i) => start + (width - used) / 2 + i * (W + GAP));
 }
 
+function rows(model) {
+  // without spines or leaves (no fabric applied) the rows close up
+  const rackTop = model.spines.length ? Y.rackTop : 10;
+  const leaf = rackTop + (Y.leaf - Y.rackTop);
+  const host = model.racks.some((r) => r.leaves.length) ? leaf + (Y.host - Y.leaf) : rackTop + 30;
+  return { rackTop, leaf, host };
+}
+
 function place(model) {
+  const y = rows(model);
   const at = {};
   const boxes = [];
   let x = 20;
   for (const rack of model.racks) {
     const n = Math.max(rack.leaves.length, rack.hosts.length, 1);
     const width = n * (W + GAP) - GAP + 2 * PAD;
-    rowX(x, width, rack.leaves.length).forEach((lx, i) => (at[rack.leaves[i].name] = { x: lx, y: Y.leaf }));
-    rowX(x, width, rack.hosts.length).forEach((hx, i) => (at[rack.hosts[i].name] = { x: hx, y: Y.host }));
+    rowX(x, width, rack.leaves.length).forEach((lx, i) => (at[rack.leaves[i].name] = { x: lx, y: y.leaf }));
+    rowX(x, width, rack.hosts.length).forEach((hx, i) => (at[rack.hosts[i].name] = { x: hx, y: y.host }));
     boxes.push({ name: rack.name, x, width });
     x += width + RACK_GAP;
   }
   const total = Math.max(x - RACK_GAP + 20, model.spines.length * (W + GAP) + 40);
   rowX(0, total, model.spines.length).forEach((sx, i) => (at[model.spines[i].name] = { x: sx, y: Y.spine }));
-  return { at, boxes, width: total, height: Y.host + H + 30 };
+  return { at, boxes, rackTop: y.rackTop, width: total, height: y.host + H + 30 };
 }
 
 function draw(model) {
-  const { at, boxes, width, height } = place(model);
+  const { at, boxes, rackTop, width, height } = place(model);
   const svg = s("svg", {
     viewBox: `0 0 ${width} ${height}`, width, height, role: "img",
     "aria-label": "Fabric: spines, leaves and hosts by rack, with BGP session states",
   });
   for (const box of boxes) {
     svg.append(s("g", { class: "rack" },
-      s("rect", { x: box.x, y: Y.rackTop, width: box.width, height: height - Y.rackTop - 8, rx: 10 }),
-      s("text", { x: box.x + 10, y: Y.rackTop + 17 }, `rack ${box.name}`)));
+      s("rect", { x: box.x, y: rackTop, width: box.width, height: height - rackTop - 8, rx: 10 }),
+      s("text", { x: box.x + 10, y: rackTop + 17 }, `rack ${box.name}`)));
   }
   svg.append(...links(model, at));
   for (const router of [...model.spines, ...model.racks.flatMap((r) => r.leaves)]) {

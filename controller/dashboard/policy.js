@@ -55,10 +55,10 @@ function cidrRules(doc, name) {
 }
 
 function drops(doc, name) {
-  const rows = Object.entries(doc.drops.networks);
+  const rows = Object.entries(doc.drops.networks).sort(([, a], [, b]) => b.dropped + b.spoofed - a.dropped - a.spoofed);
   const body = doc.drops.reported_hosts === 0
     ? h("p", { class: "muted" }, "No host reports firewall counters yet.")
-    : h("table", { class: "grid compact", id: "drops" },
+    : h("table", { class: "grid narrow", id: "drops" },
       h("thead", {}, h("tr", {}, ["network", "dropped (no rule)", "spoofed source"].map((c) => h("th", { scope: "col" }, c)))),
       h("tbody", {}, rows.length ? rows.map(([id, d]) => h("tr", { dataset: { network: id } },
         h("td", {}, name[id] ?? id), h("td", { class: "num" }, d.dropped), h("td", { class: "num" }, d.spoofed)))

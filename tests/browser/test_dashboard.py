@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.browser.conftest import EXPECTED_LINKS, screenshot
-from tests.integration.conftest import Api
+from tests.integration.conftest import Api, seed
 
 pytestmark = pytest.mark.browser
 
@@ -159,7 +159,7 @@ async def test_tenant_sees_nothing_of_another_tenant(page: Any, seeded: dict[str
     )
     for tab, ready, own_text in (
         ("Fabric", "#panel-fabric .notice", "admin only"),
-        ("Tenants & networks", f'[data-network="{seeded["web"]["id"]}"]', "tenant acme"),
+        ("Tenants & networks", f'[data-network="{seeded["web"]["id"]}"]', "2 endpoint(s)"),
         ("Endpoints", f'tr[data-endpoint="{own["id"]}"]', "web-3"),
         ("Policy", "#policy-matrix", "acme/db"),
         ("Events", "#event-list li", "web-3"),
@@ -171,4 +171,32 @@ async def test_tenant_sees_nothing_of_another_tenant(page: Any, seeded: dict[str
         html = await page.content()
         leaked = [item for item in foreign if item in text or item in html]
         assert not leaked, (tab, leaked)
-        await screenshot(page, f"tenant-{tab.split()[0].lower()}")
+        await screenshot(page, f"tenant-{tab.split()[-1].lower()}")
+
+
+async def test_without_a_fabric_hosts_are_still_shown(page: Any, api: Api) -> None:
+    from playwright.async_api import expect
+
+    await seed(api)  # racks and hosts registered one by one, no topology applied
+    await sign_in(page, api, api.token)
+    await expect(page.locator("#panel-fabric .notice")).to_contain_text(
+        "No fabric has been applied"
+    )
+    for name in ("h1", "h2"):
+        await expect(page.locator(f'svg [data-node="{name}"]')).to_have_count(1)
+    await expect(page.locator("svg [data-role=leaf], svg [data-role=spine]")).to_have_count(0)
+    await screenshot(page, "fabric-empty")
+
+
+async def test_sign_out_forgets_the_token(page: Any, api: Api) -> None:
+    from playwright.async_api import expect
+
+    await sign_in(page, api, api.token)
+    await page.reload()  # the token survives a reload of this tab (sessionStorage)
+    await expect(page.locator("#who")).to_have_text("admin")
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page.get_by_label("API token")).to_be_visible()
+    assert await page.evaluate("sessionStorage.length") == 0
+    await page.get_by_label("API token").fill("tra_not_a_token")
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#signin-error")).to_have_text("That token is not valid.")
