@@ -194,6 +194,13 @@ async def test_sign_out_forgets_the_token(page: Any, api: Api) -> None:
     await sign_in(page, api, api.token)
     await page.reload()  # the token survives a reload of this tab (sessionStorage)
     await expect(page.locator("#who")).to_have_text("admin")
+    # the tabs work from the keyboard (arrow keys move between them)
+    await page.get_by_role("tab", name="Fabric").focus()
+    await page.keyboard.press("ArrowRight")
+    await expect(page.get_by_role("tab", name="Tenants & networks")).to_be_focused()
+    await expect(page.locator("#panel-networks")).to_be_visible()
+    await page.keyboard.press("End")
+    await expect(page.get_by_role("tab", name="Events")).to_have_attribute("aria-selected", "true")
     await page.get_by_role("button", name="Sign out").click()
     await expect(page.get_by_label("API token")).to_be_visible()
     assert await page.evaluate("sessionStorage.length") == 0
