@@ -14,6 +14,7 @@ Must never flush a table, never touch a chain or set that is not Terrace's
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import subprocess
 import time
@@ -21,6 +22,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Protocol
+
+from pyroute2 import Conntrack
 
 from fabric.policy import (
     BASE_CHAINS,
@@ -67,8 +70,36 @@ def run_command(argv: Sequence[str], stdin: str | None = None) -> str:
     return done.stdout
 
 
+FlowForgetter = Callable[[frozenset[str]], int]
+"""Deletes the conntrack entries to or from some addresses; returns how many."""
+
+
+def forget_conntrack(addresses: frozenset[str]) -> int:
+    """Delete conntrack entries whose original direction involves one of `addresses`.
+
+    Without this, a connection of a deleted endpoint stays ESTABLISHED in conntrack,
+    and if its address is handed to a new endpoint (maybe of another network) the old
+    peer's packets of that 5-tuple would still be accepted as replies.
+    """
+    if not addresses:
+        return 0
+    wanted = {ipaddress.ip_address(a) for a in addresses}
+    deleted = 0
+    with Conntrack() as conntrack:
+        for entry in list(conntrack.dump_entries()):
+            ends = (entry.tuple_orig.saddr, entry.tuple_orig.daddr)
+            if any(end and ipaddress.ip_address(end) in wanted for end in ends):
+                conntrack.delete(entry)
+                deleted += 1
+    return deleted
+
+
 class FirewallReconciler:
     """Level-triggered: `apply` may be called with the same state any number of times.
+
+    `forget_flows` (the speaker passes `forget_conntrack`; it must run in the host's
+    namespace) is called after each apply with the addresses that left their network,
+    so no ESTABLISHED entry outlives the endpoint that owned it.
 
     The first `apply`, any `apply` after a failure, and at least one every
     `resync_interval` seconds read everything back from the kernel. In between, the
@@ -84,8 +115,12 @@ class FirewallReconciler:
         *,
         resync_interval: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        forget_flows: FlowForgetter | None = None,
     ) -> None:
         self._run = runner
+        self._forget_flows = forget_flows
+        self._endpoint_addresses: frozenset[tuple[str, str]] = frozenset()
+        self._to_forget: frozenset[str] = frozenset()
         self._resync_interval = resync_interval
         self._clock = clock
         self._record: Installed | None = None
@@ -102,6 +137,32 @@ class FirewallReconciler:
             log.warning("policy for host %s: %s", state.host.name, problem)
         self._install(desired)
         self.applied = desired
+        self._forget_departed(state)
+
+    def _forget_departed(self, state: HostState) -> None:
+        """After the rules are in place: drop the flows of addresses that left or moved.
+
+        An address counts as departed when no endpoint of the same network holds it
+        any more. Best effort: a failure is logged and retried at the next apply.
+        """
+        current = frozenset(
+            (address, e.network_id)
+            for e in state.endpoints
+            for address in (e.ipv4, e.ipv6)
+            if address
+        )
+        departed = frozenset(address for address, _ in self._endpoint_addresses - current)
+        self._endpoint_addresses = current
+        self._to_forget |= departed
+        if not self._to_forget or self._forget_flows is None:
+            return
+        try:
+            self._forget_flows(self._to_forget)
+            self._to_forget = frozenset()
+        except Exception:
+            log.warning(
+                "could not forget conntrack flows of %s", sorted(self._to_forget), exc_info=True
+            )
 
     def remove_all(self) -> None:
         """Remove every Terrace chain, jump and set (endpoints become unfiltered)."""

@@ -551,3 +551,52 @@ def test_across_hosts_policy_holds_and_endpoint_churn_stays_local(two_hosts: Lab
 
     lab.in_container(EP1, "ip", "addr", "add", "10.10.0.99/32", "dev", "eth0")
     assert not _pings(lab.container(EP1), EP2.ipv4 or "", source="10.10.0.99")
+
+
+# ------------------------------------------------------------------- conntrack
+
+_COUNT_FLOWS = (
+    "import sys; from pyroute2 import Conntrack\n"
+    "with Conntrack() as ct:\n"
+    "    ends = [(e.tuple_orig.saddr, e.tuple_orig.daddr) for e in ct.dump_entries()]\n"
+    "print(sum(1 for end in ends if sys.argv[1] in end))"
+)
+_FORGET = (
+    "import sys; from speaker.firewall import forget_conntrack; "
+    "print(forget_conntrack(frozenset(sys.argv[1:])))"
+)
+_HOLD = (
+    "import socket, sys, time; "
+    "s = socket.create_connection((sys.argv[1], int(sys.argv[2]))); time.sleep(120)"
+)
+
+
+def flows_of(lab: Lab, address: str) -> int:
+    return int(lab.in_host(sys.executable, "-c", _COUNT_FLOWS, address).strip() or 0)
+
+
+def test_flows_of_a_deleted_endpoint_are_forgotten(lab: Lab) -> None:
+    def forget_in_host(addresses: frozenset[str]) -> int:
+        return int(lab.in_host(sys.executable, "-c", _FORGET, *sorted(addresses)).strip())
+
+    firewall = FirewallReconciler(runner=lab.runner, forget_flows=forget_in_host)
+    firewall.apply(state(rules=(A_TO_B_HTTP,)))
+    holder = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            lab.container(EP1),
+            sys.executable,
+            "-c",
+            _HOLD,
+            EP3.ipv4 or "",
+            str(PORT),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    lab.servers.append(holder)
+    wait_for("an established flow c1 -> c3", lambda: flows_of(lab, EP1.ipv4 or ""))
+    firewall.apply(replace(state(rules=(A_TO_B_HTTP,)), endpoints=(EP2, EP3)))
+    assert flows_of(lab, EP1.ipv4 or "") == 0

@@ -334,3 +334,36 @@ def test_a_wrong_record_is_repaired_by_one_full_read():
         fake.restore(family, f"*filter\n-F {bucket}\n-F {chain}\n-X {chain}\nCOMMIT\n")
     firewall.apply(host_state(rules=()))
     assert firewall.installed().owned() == compile_host_policy(host_state(rules=())).installed()
+
+
+def test_departed_addresses_have_their_flows_forgotten_after_the_rules():
+    fake, forgotten = foreign_netfilter(), []
+
+    def forget(addresses):
+        assert "TERRACE-IN" in "".join(fake.tables[4].chains)  # rules are in place first
+        forgotten.append(set(addresses))
+        return 0
+
+    firewall = FirewallReconciler(runner=fake, forget_flows=forget)
+    firewall.apply(host_state())
+    moved = dataclasses.replace(E2, network_id="net-web")
+    firewall.apply(host_state(endpoints=(moved,)))
+    assert forgotten == [{"10.0.0.2", "2001:db8:0:1::2", "10.0.1.2"}]
+    firewall.apply(host_state(endpoints=(moved,)))
+    assert len(forgotten) == 1
+
+
+def test_a_failed_forget_is_retried_at_the_next_apply():
+    calls = []
+
+    def flaky(addresses):
+        calls.append(set(addresses))
+        if len(calls) == 1:
+            raise OSError("netlink busy")
+        return 1
+
+    firewall = FirewallReconciler(runner=foreign_netfilter(), forget_flows=flaky)
+    firewall.apply(host_state())
+    firewall.apply(host_state(endpoints=(E1,)))
+    firewall.apply(host_state(endpoints=(E1,)))
+    assert calls == [{"10.0.1.2"}, {"10.0.1.2"}]
