@@ -9,11 +9,11 @@ export const id = "fabric";
 export const kinds = ["fabric", "host", "rack", "endpoint", "subnet"];
 export const poll = true;
 
-const W = 132;
+const W = 124;
 const H = 58;
-const GAP = 18;
-const PAD = 16;
-const RACK_GAP = 36;
+const GAP = 14;
+const PAD = 12;
+const RACK_GAP = 24;
 const Y = { spine: 20, rackTop: 150, leaf: 178, host: 300 };
 const STATES = [
   ["established", "Established"],
@@ -122,9 +122,12 @@ function place(model) {
 function draw(model) {
   const { at, boxes, rackTop, width, height } = place(model);
   const svg = s("svg", {
-    viewBox: `0 0 ${width} ${height}`, width, height, role: "img",
+    viewBox: `0 0 ${width} ${height}`, role: "img",
     "aria-label": "Fabric: spines, leaves and hosts by rack, with BGP session states",
   });
+  // fit the panel, but never grow past natural size nor shrink text below 70 %
+  svg.style.maxWidth = `${width}px`;
+  svg.style.minWidth = `${Math.round(width * 0.7)}px`;
   for (const box of boxes) {
     svg.append(s("g", { class: "rack" },
       s("rect", { x: box.x, y: rackTop, width: box.width, height: height - rackTop - 8, rx: 10 }),

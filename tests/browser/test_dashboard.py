@@ -207,3 +207,20 @@ async def test_sign_out_forgets_the_token(page: Any, api: Api) -> None:
     await page.get_by_label("API token").fill("tra_not_a_token")
     await page.get_by_role("button", name="Sign in").click()
     await expect(page.locator("#signin-error")).to_have_text("That token is not valid.")
+
+
+async def test_four_racks_fit_a_laptop_screen(page: Any, api: Api) -> None:
+    from playwright.async_api import expect
+
+    from tests.browser.conftest import ROOT
+
+    topology = (ROOT / "lab" / "topologies" / "four-rack.clab.yml").read_text()
+    code, report = await api.call("PUT", "/v1/fabric", raw=topology)
+    assert code == 200, report
+    await page.set_viewport_size({"width": 1366, "height": 768})
+    await sign_in(page, api, api.token)
+    nodes = page.locator("svg [data-node]")
+    await expect(nodes).to_have_count(len(report["added"]["hosts"]) + 6)  # 2 spines, 4 leaves
+    drawing = await page.locator(".drawing").evaluate("el => [el.scrollWidth, el.clientWidth]")
+    assert drawing[0] <= drawing[1], f"the drawing scrolls sideways: {drawing}"
+    await screenshot(page, "fabric-four-rack")
