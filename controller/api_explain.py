@@ -15,10 +15,10 @@ from aiohttp import web
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from controller.api_networks import ENDPOINT_SQL
 from controller.auth import Principal
 from controller.context import ctx
 from controller.problems import bad_request, not_found
+from controller.queries import ENDPOINT_SQL
 from controller.registry import Query, check_id, int_query, route
 from fabric.explain import ExplainError, explain
 from fabric.state import Endpoint, Network, Rule

@@ -10,30 +10,24 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-import asyncpg
 from aiohttp import web
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from controller import feed, ipam
-from controller.api_admin import load_host
 from controller.auth import Principal
 from controller.context import ctx
 from controller.models import EndpointIn, NetworkIn, RuleIn, SubnetIn
 from controller.problems import Problem, bad_request, conflict, not_found
+from controller.queries import (
+    ENDPOINT_SQL,
+    HOSTS_OF_NETWORK,
+    HOSTS_REFERENCING_NETWORK,
+    endpoint_doc,
+)
 from controller.registry import Query, check_id, route
 
 ALLOCATION_ATTEMPTS = 8
-
-# Hosts whose state depends on network :n: they hold its endpoints, or endpoints of a
-# network with a rule from :n (their firewall references :n's subnets).
-HOSTS_REFERENCING_NETWORK = (
-    "h.id IN (SELECT e.host_id FROM endpoints e WHERE e.network_id = :n "
-    "UNION SELECT e.host_id FROM endpoints e JOIN rules r ON r.network_id = e.network_id "
-    "WHERE r.from_network = :n)"
-)
-HOSTS_OF_NETWORK = "h.id IN (SELECT e.host_id FROM endpoints e WHERE e.network_id = :n)"
 
 
 async def visible_network(
@@ -382,33 +376,6 @@ async def delete_subnet(request: web.Request, who: Principal) -> dict[str, Any]:
     return {"id": subnet_id, "deleted": True}
 
 
-ENDPOINT_SQL = (
-    "SELECT e.id::text, e.name, e.network_id::text, h.name AS host, e.netns, e.interface, "
-    "n.tenant_id::text, n.name AS network, e.created_at, "
-    "(SELECT host(a.address) FROM addresses a WHERE a.endpoint_id = e.id AND a.family = 4)"
-    " AS ipv4, "
-    "(SELECT host(a.address) FROM addresses a WHERE a.endpoint_id = e.id AND a.family = 6)"
-    " AS ipv6 "
-    "FROM endpoints e JOIN hosts h ON h.id = e.host_id JOIN networks n ON n.id = e.network_id"
-)
-
-
-def endpoint_doc(row: Any) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "name": row.name,
-        "network_id": row.network_id,
-        "network": row.network,
-        "tenant_id": row.tenant_id,
-        "host": row.host,
-        "ipv4": row.ipv4,
-        "ipv6": row.ipv6,
-        "netns": row.netns,
-        "interface": row.interface,
-        "created_at": row.created_at,
-    }
-
-
 @route(
     "POST",
     "/v1/endpoints",
@@ -421,136 +388,8 @@ def endpoint_doc(row: Any) -> dict[str, Any]:
 async def create_endpoint(request: web.Request, who: Principal, body: EndpointIn) -> dict[str, Any]:
     if who.kind == "host" and who.host_name != body.host:
         raise not_found("host", repr(body.host))
-    controller = ctx(request)
-    for attempt in range(ALLOCATION_ATTEMPTS):
-        try:
-            async with controller.engine.begin() as conn:
-                doc = await _create_endpoint(conn, who, body)
-            controller.metrics.count("terrace_allocations_total")
-            return doc
-        except DBAPIError as exc:
-            if not _is_race(exc) or attempt == ALLOCATION_ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")
-
-
-def _is_race(exc: DBAPIError) -> bool:
-    cause = getattr(exc.orig, "__cause__", None) or exc.orig
-    if isinstance(cause, asyncpg.UniqueViolationError):
-        return getattr(cause, "constraint_name", "") == "addresses_pkey"
-    return isinstance(
-        cause,
-        asyncpg.ExclusionViolationError
-        | asyncpg.DeadlockDetectedError
-        | asyncpg.SerializationError,
-    )
-
-
-async def _create_endpoint(
-    conn: AsyncConnection, who: Principal, body: EndpointIn
-) -> dict[str, Any]:
-    network = await visible_network(conn, who, body.network_id)
-    host = await load_host(conn, body.host)
-    if await conn.scalar(
-        text("SELECT 1 FROM endpoints WHERE host_id = :h AND name = :n"),
-        {"h": host.id, "n": body.name},
-    ):
-        raise conflict(
-            f"host {body.host} already has an endpoint named {body.name!r}", kind="duplicate"
-        )
-    families = [
-        r[0]
-        for r in await conn.execute(
-            text("SELECT DISTINCT family FROM subnets WHERE network_id = :n ORDER BY family"),
-            {"n": network.id},
-        )
-    ]
-    if not families:
-        raise conflict(
-            f"network {network.name} has no subnet; add one with "
-            f"POST /v1/networks/{network.id}/subnets",
-            kind="exhausted",
-        )
-    endpoint_id = await conn.scalar(
-        text(
-            "INSERT INTO endpoints (network_id, host_id, name, netns, interface) "
-            "VALUES (:n, :h, :name, :ns, :i) RETURNING id::text"
-        ),
-        {"n": network.id, "h": host.id, "name": body.name, "ns": body.netns, "i": body.interface},
-    )
-    changes: list[str] = []
-    for family in families:
-        try:
-            alloc = await ipam.allocate(
-                conn,
-                network_id=network.id,
-                host_id=host.id,
-                rack=host.rack,
-                family=family,
-                auto_grow=network.auto_grow,
-            )
-        except ipam.Exhausted as exc:
-            raise conflict(str(exc), kind="exhausted") from None
-        await conn.execute(
-            text(
-                "INSERT INTO addresses (address, family, endpoint_id, subnet_id, block_id) "
-                "VALUES (:a, :f, :e, :s, :b)"
-            ),
-            {
-                "a": str(alloc.address),
-                "f": family,
-                "e": endpoint_id,
-                "s": alloc.subnet_id,
-                "b": alloc.block_id,
-            },
-        )
-        changes += _allocation_notes(alloc)
-    hosts = await _hosts_for_endpoint_change(conn, host.id, network.id, changes)
-    await feed.record(
-        conn,
-        kind="endpoint",
-        action="created",
-        object_id=endpoint_id,
-        tenant_id=network.tenant_id,
-        hosts=hosts,
-        summary=f"endpoint {body.name} on {body.host} in {network.name}"
-        + (f" ({', '.join(changes)})" if changes else ""),
-    )
-    row = (await conn.execute(text(ENDPOINT_SQL + " WHERE e.id = :e"), {"e": endpoint_id})).one()
-    return endpoint_doc(row)
-
-
-def _allocation_notes(alloc: ipam.Allocation) -> list[str]:
-    notes = []
-    if alloc.new_subnet:
-        notes.append(f"auto-grew subnet {alloc.new_subnet}")
-    if alloc.new_block:
-        notes.append(f"new block {alloc.new_block}")
-    if alloc.block_id is None:
-        notes.append(f"borrowed {alloc.address}")
-    return notes
-
-
-async def _hosts_for_endpoint_change(
-    conn: AsyncConnection, host_id: str, network_id: str, changes: list[str]
-) -> list[str]:
-    """The endpoint's host; all hosts referencing the network when a subnet was added by
-    auto-grow; the owner of the block when an address was borrowed from it (a hole)."""
-    if any(c.startswith("auto-grew") for c in changes):
-        hosts = await feed.bump_hosts(conn, HOSTS_REFERENCING_NETWORK, {"n": network_id})
-    else:
-        hosts = await feed.bump_hosts(conn, "h.id = :h", {"h": host_id})
-    if any(c.startswith("borrowed") for c in changes):
-        hosts += await feed.bump_hosts(
-            conn,
-            (
-                "h.id IN (SELECT b.host_id FROM blocks b JOIN addresses a ON a.address <<= b.cidr"
-                " JOIN endpoints e ON e.id = a.endpoint_id WHERE e.host_id = :h AND"
-                " a.block_id IS NULL AND b.host_id <> :h)"
-            ),
-            {"h": host_id},
-        )
-    return hosts
+    body.network_id = check_id(body.network_id, "network")
+    return await ctx(request).allocator.create(who, body)
 
 
 def _endpoint_scope(who: Principal) -> tuple[str, dict[str, Any]]:

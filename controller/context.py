@@ -11,6 +11,7 @@ from pathlib import Path
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from controller.allocator import EndpointAllocator
 from controller.auth import Authenticator
 from controller.feed import ChangeFeed
 from controller.metrics import Metrics
@@ -23,6 +24,10 @@ class Controller:
     auth: Authenticator
     data_dir: Path
     metrics: Metrics = field(default_factory=Metrics)
+    allocator: EndpointAllocator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.allocator = EndpointAllocator(self.engine, self.metrics)
 
 
 CONTROLLER_KEY = web.AppKey("terrace", Controller)

@@ -15,7 +15,8 @@ import contextlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -43,6 +44,15 @@ async def bump_hosts(conn: AsyncConnection, where_sql: str, params: dict[str, An
     return sorted(r[0] for r in rows)
 
 
+@dataclass(frozen=True, slots=True)
+class Event:
+    kind: str
+    action: str
+    object_id: str | None
+    summary: str
+    tenant_id: str | None = None
+
+
 async def record(
     conn: AsyncConnection,
     *,
@@ -54,17 +64,32 @@ async def record(
     hosts: Iterable[str] = (),
 ) -> None:
     """Record an event and notify every controller at commit."""
+    await record_many(conn, [Event(kind, action, object_id, summary, tenant_id)], hosts=hosts)
+
+
+async def record_many(
+    conn: AsyncConnection, events: Sequence[Event], *, hosts: Iterable[str] = ()
+) -> None:
+    """Record events in one statement and send one NOTIFY naming the hosts to wake."""
     host_list = sorted(set(hosts))
-    revision = await conn.scalar(text(f"SELECT nextval('{REVISION_SEQUENCE}')"))
-    event_id = await conn.scalar(
+    rows = await conn.execute(
         text(
             "INSERT INTO events (kind, action, object_id, tenant_id, revision, summary) "
-            "VALUES (:k, :a, :o, :t, :r, :s) RETURNING id"
+            f"SELECT k, a, o, t::uuid, nextval('{REVISION_SEQUENCE}'), s FROM unnest("
+            "CAST(:k AS text[]), CAST(:a AS text[]), CAST(:o AS text[]), CAST(:t AS text[]),"
+            " CAST(:s AS text[])) AS e(k, a, o, t, s) RETURNING id"
         ),
-        {"k": kind, "a": action, "o": object_id, "t": tenant_id, "r": revision, "s": summary},
+        {
+            "k": [e.kind for e in events],
+            "a": [e.action for e in events],
+            "o": [e.object_id for e in events],
+            "t": [e.tenant_id for e in events],
+            "s": [e.summary for e in events],
+        },
     )
+    last_event = max(r[0] for r in rows)
     named: list[str] | str = host_list if len(host_list) <= MAX_NAMED_HOSTS else ALL_HOSTS
-    payload = json.dumps({"event": event_id, "hosts": named})
+    payload = json.dumps({"event": last_event, "hosts": named})
     await conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANGES_CHANNEL, "p": payload})
 
 

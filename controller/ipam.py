@@ -29,7 +29,7 @@ from fabric.addressing import (
     borrowable_address,
     carve_block,
     first_fit,
-    first_free_address,
+    free_addresses,
 )
 
 POOL_LOCK = 0x7E4ACE01
@@ -125,7 +125,7 @@ async def insert_subnet(
     }
 
 
-async def allocate(
+async def allocate_many(
     conn: AsyncConnection,
     *,
     network_id: str,
@@ -133,62 +133,99 @@ async def allocate(
     rack: str | None,
     family: int,
     auto_grow: bool,
-) -> Allocation:
-    """An address of `family` in network for an endpoint on host: from the host's
-    blocks, else a new block, else (auto-grow) a new subnet, else a borrowed address."""
+    count: int,
+) -> list[Allocation]:
+    """Up to `count` addresses of `family` in a network for endpoints on a host: from the
+    host's blocks, else new blocks, else (auto-grow) a new subnet, else borrowed ones.
+    Fewer than `count` only when the network is exhausted; none raises `Exhausted`."""
     await conn.execute(
         text("SELECT pg_advisory_xact_lock(:k, hashtext(:h || :n))"),
         {"k": HOST_LOCK & 0x7FFFFFFF, "h": host_id, "n": network_id},
     )
-    found = await _from_host_blocks(conn, network_id, host_id, family)
-    if found is not None:
-        return found
-    subnets = await _subnets(conn, network_id, family)
-    for subnet in subnets:
-        carved = await _carve_block(conn, subnet, host_id, rack)
-        if carved is not None:
-            return carved
-    if auto_grow and subnets:
-        grown = await _grow(conn, network_id, family, subnets[0])
-        if grown is not None:
-            carved = await _carve_block(conn, grown, host_id, rack)
-            if carved is not None:
-                return replace(carved, new_subnet=str(grown["cidr"]))
-    for subnet in subnets:
-        borrowed = await _borrow(conn, subnet)
-        if borrowed is not None:
-            return borrowed
-    if not subnets:
-        raise Exhausted(
+    found = await _from_host_blocks(conn, network_id, host_id, family, count)
+    subnets: list[dict[str, Any]] | None = None
+    while len(found) < count:
+        if subnets is None:
+            subnets = await _subnets(conn, network_id, family)
+        more = await _from_new_blocks(conn, subnets, host_id, rack, count - len(found))
+        if not more and auto_grow and subnets:
+            grown = await _grow(conn, network_id, family, subnets[0])
+            if grown is not None:
+                subnets.append(grown)
+                more = await _from_new_blocks(conn, [grown], host_id, rack, count - len(found))
+                more = [replace(a, new_subnet=str(grown["cidr"])) for a in more[:1]] + more[1:]
+        if not more:
+            taken = {a.address for a in found}
+            more = [b for b in [await _borrow(conn, s, taken) for s in subnets] if b][:1]
+        if not more:
+            break
+        found += more
+    if not found:
+        raise Exhausted(_exhausted(network_id, family, has_subnets=bool(subnets)))
+    return found
+
+
+def _exhausted(network_id: str, family: int, *, has_subnets: bool) -> str:
+    if not has_subnets:
+        return (
             f"the network has no IPv{family} subnet; add one with "
             f"POST /v1/networks/{network_id}/subnets"
         )
-    raise Exhausted(
+    return (
         f"every IPv{family} address of network {network_id} is in use; add a subnet "
         "or enable auto_grow"
     )
 
 
 async def _from_host_blocks(
-    conn: AsyncConnection, network_id: str, host_id: str, family: int
-) -> Allocation | None:
+    conn: AsyncConnection, network_id: str, host_id: str, family: int, count: int
+) -> list[Allocation]:
     rows = (
         await conn.execute(
             text(
-                "SELECT b.id::text, b.cidr, b.subnet_id::text FROM blocks b "
-                "JOIN subnets s ON s.id = b.subnet_id "
-                "WHERE b.host_id = :h AND s.network_id = :n AND s.family = :f ORDER BY b.cidr"
+                "SELECT b.id::text, b.cidr, b.subnet_id::text, "
+                "array_remove(array_agg(host(a.address)), NULL) AS used "
+                "FROM blocks b JOIN subnets s ON s.id = b.subnet_id "
+                "LEFT JOIN addresses a ON a.address <<= b.cidr "
+                "WHERE b.host_id = :h AND s.network_id = :n AND s.family = :f "
+                "GROUP BY b.id ORDER BY b.cidr"
             ),
             {"h": host_id, "n": network_id, "f": family},
         )
     ).all()
-    for block_id, cidr, subnet_id in rows:
+    found: list[Allocation] = []
+    for block_id, cidr, subnet_id, used in rows:
         block = ipaddress.ip_network(str(cidr))
-        used = await _used_in(conn, block)
-        address = first_free_address(block, used)
-        if address is not None:
-            return Allocation(address, subnet_id, block_id)
-    return None
+        used_addresses = [ipaddress.ip_address(u) for u in used]
+        for address in free_addresses(block, used_addresses):
+            found.append(Allocation(address, subnet_id, block_id))
+            if len(found) == count:
+                return found
+    return found
+
+
+async def _from_new_blocks(
+    conn: AsyncConnection,
+    subnets: list[dict[str, Any]],
+    host_id: str,
+    rack: str | None,
+    count: int,
+) -> list[Allocation]:
+    """Addresses from one new block carved for the host in the first subnet with room."""
+    for subnet in subnets:
+        carved = await _carve_block(conn, subnet, host_id, rack)
+        if carved is None:
+            continue
+        block_id, cidr, used = carved
+        note: str | None = str(cidr)
+        found = []
+        for address in free_addresses(cidr, used):
+            found.append(Allocation(address, subnet["id"], block_id, new_block=note))
+            note = None  # the block is reported once, with its first address
+            if len(found) == count:
+                break
+        return found
+    return []
 
 
 async def _used_in(conn: AsyncConnection, cidr: IPNetwork) -> list[IPAddress]:
@@ -214,7 +251,8 @@ async def _subnets(conn: AsyncConnection, network_id: str, family: int) -> list[
 
 async def _carve_block(
     conn: AsyncConnection, subnet: dict[str, Any], host_id: str, rack: str | None
-) -> Allocation | None:
+) -> tuple[str, IPNetwork, list[IPAddress]] | None:
+    """A new block for the host in `subnet`: (id, cidr, addresses already used in it)."""
     await conn.execute(text("SELECT 1 FROM subnets WHERE id = :s FOR UPDATE"), {"s": subnet["id"]})
     rows = await conn.execute(
         text(
@@ -230,8 +268,7 @@ async def _carve_block(
     if cidr is None:
         return None
     used = await _used_in(conn, cidr)
-    address = first_free_address(cidr, used)
-    if address is None:  # every address of the range is borrowed: leave it
+    if len(used) >= cidr.num_addresses:  # every address of the range is borrowed: leave it
         return None
     block_id = await conn.scalar(
         text(
@@ -239,7 +276,7 @@ async def _carve_block(
         ),
         {"s": subnet["id"], "h": host_id, "c": str(cidr)},
     )
-    return Allocation(address, subnet["id"], str(block_id), new_block=str(cidr))
+    return str(block_id), cidr, used
 
 
 async def _grow(
@@ -262,9 +299,13 @@ async def _grow(
     return {"id": row["id"], "cidr": cidr, "block": model["block"], "rack": model["rack"]}
 
 
-async def _borrow(conn: AsyncConnection, subnet: dict[str, Any]) -> Allocation | None:
+async def _borrow(
+    conn: AsyncConnection, subnet: dict[str, Any], taken: set[IPAddress]
+) -> Allocation | None:
+    """One address anywhere in the subnet, not in `taken` (chosen earlier, not yet
+    written): announced alone as /32 or /128 by the borrowing host."""
     cidr: IPNetwork = subnet["cidr"]
-    used = await _used_in(conn, cidr)
+    used = [*await _used_in(conn, cidr), *taken]
     block_rows = await conn.execute(
         text("SELECT cidr FROM blocks WHERE subnet_id = :s"), {"s": subnet["id"]}
     )
