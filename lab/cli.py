@@ -153,8 +153,13 @@ def _exec(actions: Any) -> None:
 
 def _run_exec(args: argparse.Namespace) -> int:
     command = list(args.command)
-    if command[:1] == ["--"]:
-        command = command[1:]
+    # `exec NODE --name LAB -- CMD`: argparse leaves options after NODE in the command.
+    if "--" in command:
+        before, command = command[: command.index("--")], command[command.index("--") + 1 :]
+        if before[:1] == ["--name"] and len(before) == 2:
+            args.name = before[1]
+        elif before:
+            raise LabError(f"unexpected {' '.join(before)} before --")
     if not command:
         raise LabError("give a command after --: terrace lab exec NODE -- ip route")
     netns = ops.node_or_container_netns(resolve_lab(args.name), args.node)

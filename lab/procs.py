@@ -151,9 +151,18 @@ def stop(pids: Iterable[int], *, grace: float = 5.0) -> None:
 
 
 def log_tail(path: Path, lines: int = 15) -> str:
+    """The last lines of a log, preceded by its first error (a traceback is often
+    followed by shutdown noise that would hide it)."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
         return f"(no log at {path})"
-    tail = text.splitlines()[-lines:]
+    all_lines = text.splitlines()
+    tail = all_lines[-lines:]
+    first_error = next(
+        (i for i, line in enumerate(all_lines) if "Traceback" in line or " ERROR " in line),
+        None,
+    )
+    if first_error is not None and first_error < len(all_lines) - lines:
+        tail = [*all_lines[first_error : first_error + 12], "...", *tail]
     return "\n".join(f"    {line}" for line in tail) or f"(empty log {path})"
