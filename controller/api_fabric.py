@@ -377,6 +377,13 @@ async def issue_host_token(request: web.Request, who: Principal) -> dict[str, An
             raise not_found("host", repr(name))
         if revoke:
             await conn.execute(text("DELETE FROM tokens WHERE host_id = :h"), {"h": host_id})
+            await feed.record(
+                conn,
+                kind="host",
+                action="tokens-revoked",
+                object_id=host_id,
+                summary=f"host {name}: earlier tokens revoked",
+            )
         await conn.execute(
             text("INSERT INTO tokens (token_hash, kind, host_id) VALUES (:h, 'host', :i)"),
             {"h": hash_token(token), "i": host_id},

@@ -108,13 +108,11 @@ async def open_controller(settings: Settings) -> tuple[Controller, EmbeddedPostg
     if token_path is not None:
         log.info("admin token in %s", token_path.resolve())
     feed = ChangeFeed(asyncpg_dsn(engine.url.render_as_string(hide_password=False)))
+    auth = Authenticator(engine, admin_token)
+    # A deleted tenant or host, or a revoked token, must stop working at once.
+    feed.on_kinds(lambda kinds: auth.forget() if kinds & {"tenant", "host"} else None)
     await feed.start()
-    controller = Controller(
-        engine=engine,
-        feed=feed,
-        auth=Authenticator(engine, admin_token),
-        data_dir=settings.data_dir,
-    )
+    controller = Controller(engine=engine, feed=feed, auth=auth, data_dir=settings.data_dir)
     return controller, embedded
 
 

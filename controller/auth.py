@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -65,9 +66,19 @@ def load_admin_token(data_dir: Path) -> tuple[str, Path | None]:
 
 
 class Authenticator:
+    """Resolves a bearer token to a Principal. Token lookups are cached for
+    `CACHE_SECONDS`; every controller process drops its cache when a tenant or host
+    changes (deleted, token revoked), so a revocation takes effect at once everywhere."""
+
+    CACHE_SECONDS = 30.0
+
     def __init__(self, engine: AsyncEngine, admin_token: str) -> None:
         self.engine = engine
         self._admin_hash = hash_token(admin_token)
+        self._cache: dict[str, tuple[Principal, float]] = {}
+
+    def forget(self) -> None:
+        self._cache.clear()
 
     async def principal(self, request: web.Request) -> Principal:
         header = request.headers.get("Authorization", "")
@@ -81,6 +92,17 @@ class Authenticator:
         digest = hash_token(token.strip())
         if hmac.compare_digest(digest, self._admin_hash):
             return ADMIN
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        principal = await self._lookup(digest)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (principal, now + self.CACHE_SECONDS)
+        return principal
+
+    async def _lookup(self, digest: str) -> Principal:
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(

@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,7 +89,8 @@ async def record_many(
     )
     last_event = max(r[0] for r in rows)
     named: list[str] | str = host_list if len(host_list) <= MAX_NAMED_HOSTS else ALL_HOSTS
-    payload = json.dumps({"event": last_event, "hosts": named})
+    kinds = sorted({e.kind for e in events})
+    payload = json.dumps({"event": last_event, "hosts": named, "kinds": kinds})
     await conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANGES_CHANNEL, "p": payload})
 
 
@@ -100,6 +101,7 @@ class ChangeFeed:
         self._dsn = dsn
         self._host_waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._event_queues: set[asyncio.Queue[int]] = set()
+        self._kind_listeners: list[Callable[[set[str]], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.connected = asyncio.Event()
@@ -146,6 +148,9 @@ class ChangeFeed:
         except ValueError:
             self._wake_all()
             return
+        kinds = set(doc.get("kinds") or ())
+        for listener in self._kind_listeners:
+            listener(kinds)
         hosts = doc.get("hosts", ALL_HOSTS)
         if hosts == ALL_HOSTS:
             self._wake_all()
@@ -158,6 +163,10 @@ class ChangeFeed:
             for queue in self._event_queues:
                 with contextlib.suppress(asyncio.QueueFull):
                     queue.put_nowait(event_id)
+
+    def on_kinds(self, listener: Callable[[set[str]], None]) -> None:
+        """Call `listener(kinds)` with the event kinds of every committed change."""
+        self._kind_listeners.append(listener)
 
     def _wake_all(self) -> None:
         for waiters in self._host_waiters.values():

@@ -552,3 +552,18 @@ async def test_explain_same_network_rule_and_default_deny(api: Api) -> None:
     assert status == 404
     assert (await api.get("/v1/explain?src=a1", token=acme))[0] == 400
     assert (await api.get("/v1/explain?src=a1&dst=nobody", token=acme))[0] == 404
+
+
+async def test_deleted_tenant_token_stops_working_at_once(api: Api) -> None:
+    tenant = await api.ok("POST", "/v1/tenants", {"name": "shortlived"})
+    assert (await api.get("/v1/status", token=tenant["token"]))[0] == 200  # now cached
+    await api.ok("DELETE", f"/v1/tenants/{tenant['id']}")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 2
+    status = 200
+    while loop.time() < deadline:
+        status, _ = await api.get("/v1/status", token=tenant["token"])
+        if status == 401:
+            break
+        await asyncio.sleep(0.02)
+    assert status == 401
