@@ -30,6 +30,7 @@ from fabric.addressing import (
     carve_block,
     first_fit,
     free_addresses,
+    free_offsets,
 )
 
 POOL_LOCK = 0x7E4ACE01
@@ -180,11 +181,12 @@ def _exhausted(network_id: str, family: int, *, has_subnets: bool) -> str:
 async def _from_host_blocks(
     conn: AsyncConnection, network_id: str, host_id: str, family: int, count: int
 ) -> list[Allocation]:
+    # Used addresses come back as offsets into their block: no address parsing per row.
     rows = (
         await conn.execute(
             text(
                 "SELECT b.id::text, b.cidr, b.subnet_id::text, "
-                "array_remove(array_agg(host(a.address)), NULL) AS used "
+                "array_remove(array_agg(a.address - b.cidr::inet), NULL) AS used "
                 "FROM blocks b JOIN subnets s ON s.id = b.subnet_id "
                 "LEFT JOIN addresses a ON a.address <<= b.cidr "
                 "WHERE b.host_id = :h AND s.network_id = :n AND s.family = :f "
@@ -196,11 +198,12 @@ async def _from_host_blocks(
     found: list[Allocation] = []
     for block_id, cidr, subnet_id, used in rows:
         block = ipaddress.ip_network(str(cidr))
-        used_addresses = [ipaddress.ip_address(u) for u in used]
-        for address in free_addresses(block, used_addresses):
-            found.append(Allocation(address, subnet_id, block_id))
-            if len(found) == count:
-                return found
+        if len(used) >= block.num_addresses:
+            continue
+        for offset in free_offsets(block.num_addresses, used, count - len(found)):
+            found.append(Allocation(block.network_address + offset, subnet_id, block_id))
+        if len(found) == count:
+            return found
     return found
 
 

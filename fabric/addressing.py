@@ -149,6 +149,18 @@ def free_addresses(network: IPNetwork, used: Iterable[IPAddress]) -> Iterator[IP
             yield cls(value)
 
 
+def free_offsets(size: int, used: Iterable[int], count: int) -> list[int]:
+    """The `count` lowest offsets in 0..size-1 not in `used` (fewer if not that many)."""
+    taken = set(used)
+    out: list[int] = []
+    for offset in range(size):
+        if offset not in taken:
+            out.append(offset)
+            if len(out) == count:
+                break
+    return out
+
+
 def first_free_address(network: IPNetwork, used: Iterable[IPAddress]) -> IPAddress | None:
     return next(free_addresses(network, used), None)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import yaml
 
@@ -213,7 +213,7 @@ def _read_node(name: str, raw: object) -> Node:
         )
     return Node(
         name=name,
-        role=role,
+        role=cast(Role, role),  # checked against ROLES above
         rack=labels.get(RACK_LABEL),
         kind=_optional_str(name, "kind", raw.get("kind")),
         image=_optional_str(name, "image", raw.get("image")),
