@@ -19,7 +19,7 @@ from typing import Any
 
 from fabric.topology import TopologyError, load_topology
 from lab import export, frr_sync, ops, runner
-from lab.paths import LabError, LabPaths, LabState, resolve_lab
+from lab.paths import LabError, LabPaths, LabState, resolve_lab, running_labs
 from terrace.cli import CliError, print_table
 
 
@@ -96,6 +96,9 @@ def _run_down(args: argparse.Namespace) -> int:
     if args.file is not None and not args.name:
         topology = runner.read_topology(args.file)
         runner.down(topology.name, topology=topology, say=_say)
+        return 0
+    if not args.name and not running_labs():
+        print("no lab is up")
         return 0
     runner.down(resolve_lab(args.name).name, say=_say)
     return 0
