@@ -118,11 +118,31 @@ def test_speaker_sigkill_and_restart_loses_no_packet(lab: Lab) -> None:
     b = lab.container_add("h3", lab.unique("b"), network["id"])
     lab.wait_ping(a["name"], b["ipv4"])
     lab.wait_ping(a["name"], b["ipv6"])
-    pinger = subprocess.Popen(
-        ["ip", "netns", "exec", a["netns"], "ping", "-4", "-n", "-i", "0.05", "-w", "6",
-         "-W", "1", b["ipv4"]],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    pingers = {
+        family: subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                a["netns"],
+                "ping",
+                f"-{family[-1]}",
+                "-n",
+                "-i",
+                "0.05",
+                "-w",
+                "6",
+                "-W",
+                "1",
+                b[family],
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for family in ("ipv4", "ipv6")
+    }
+    outputs: dict[str, str] = {}
     try:
         time.sleep(1)  # the window: traffic flows before, during and after the restart
         pid = lab.speaker_pid("h3")
@@ -131,13 +151,15 @@ def test_speaker_sigkill_and_restart_loses_no_packet(lab: Lab) -> None:
         lab.wait("the killed speaker to be gone", lambda: not procs.alive(pid), lambda: pid)
         lab.start_speaker("h3")
         lab.wait_host_applied("h3")
-        output, _ = pinger.communicate(timeout=20)
+        for family, pinger in pingers.items():
+            outputs[family] = pinger.communicate(timeout=20)[0]
     finally:
-        if pinger.poll() is None:
-            pinger.kill()
-    sent, received = _ping_counts(output)
-    assert sent > 50 and received == sent, output
-    lab.wait_ping(a["name"], b["ipv6"])
+        for pinger in pingers.values():
+            if pinger.poll() is None:
+                pinger.kill()
+    for family, output in outputs.items():
+        sent, received = _ping_counts(output)
+        assert sent > 50 and received == sent, f"{family}: {output}"
 
 
 def test_dead_host_routes_withdrawn_within_hold_time(lab: Lab) -> None:
