@@ -158,7 +158,7 @@ def status_document(speaker: Speaker, result: ApplyResult) -> dict[str, Any]:
     """The body of `POST /v1/hosts/{name}/status`."""
     bgp = speaker.bgp.report()
     kernel = result.kernel or KernelReport()
-    errors = [*kernel.errors, *bgp.errors]
+    errors = [*kernel.errors, *kernel.problems, *bgp.errors]
     if result.error:
         errors.insert(0, result.error)
     try:

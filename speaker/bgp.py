@@ -312,6 +312,7 @@ class BgpSpeaker:
         self._synced = asyncio.Event()
         self._connected = asyncio.Event()
         self._eor_due: set[str] = set()
+        self._eor_sent: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._supervisor: asyncio.Task[None] | None = None
         self._restarts = 0
@@ -408,6 +409,7 @@ class BgpSpeaker:
         self.announced_path.unlink(missing_ok=True)
         self.session_states = {}
         self._eor_due.clear()
+        self._eor_sent.clear()
         pid = self.process.start(self._config or "")
         log.info("started ExaBGP pid %s", pid)
 
@@ -428,8 +430,12 @@ class BgpSpeaker:
     async def _supervise(self) -> None:
         """Restart ExaBGP when it dies (with backoff), and refresh session states."""
         backoff = 0.5
+        ticks = 0
         while True:
             await asyncio.sleep(0.5)
+            ticks += 1
+            if ticks % 10 == 0 and self._synced.is_set():
+                self._spawn_task(self._refresh_sessions())
             if self._config is not None and not self.process.alive():
                 tail = self.process.last_log_lines()
                 self.errors = [f"ExaBGP exited; restarting. Last log lines:\n{tail}"]
@@ -455,6 +461,8 @@ class BgpSpeaker:
         try:
             while line := await reader.readline():
                 self._handle(line.decode(errors="replace"))
+        except ConnectionError:
+            pass  # ExaBGP and its relay are gone; the supervisor restarts them
         finally:
             if self._writer is writer:
                 self._writer = None
@@ -470,17 +478,32 @@ class BgpSpeaker:
                 if not future.done():
                     future.set_result(message.ok)
         elif isinstance(message, SessionEvent):
-            previous = self.session_states.get(message.peer_address)
-            self.session_states[message.peer_address] = message.state
-            if previous != message.state:
-                log.info("BGP session %s %s", message.peer_address, message.state)
-            if message.state == "up":
-                self._eor_due.add(message.peer_address)
-                self._spawn_task(self._end_of_rib())
-            else:
-                self._eor_due.discard(message.peer_address)
+            self._on_session_event(message)
         elif isinstance(message, NeighborTable):
-            self.session_states.update(message.states)
+            self._on_neighbor_table(message)
+
+    def _on_session_event(self, message: SessionEvent) -> None:
+        previous = self.session_states.get(message.peer_address)
+        self.session_states[message.peer_address] = message.state
+        if previous != message.state:
+            log.info("BGP session %s %s", message.peer_address, message.state)
+        self._eor_sent.discard(message.peer_address)  # a new session needs its own
+        self._eor_due.discard(message.peer_address)
+        if message.state == "up":
+            self._end_of_rib_due(message.peer_address)
+
+    def _on_neighbor_table(self, message: NeighborTable) -> None:
+        self.session_states.update(message.states)
+        for peer, state in message.states.items():
+            # sessions that came up while no relay was connected sent no event
+            if state != "up":
+                self._eor_sent.discard(peer)
+            elif peer not in self._eor_sent and peer not in self._eor_due:
+                self._end_of_rib_due(peer)
+
+    def _end_of_rib_due(self, peer_address: str) -> None:
+        self._eor_due.add(peer_address)
+        self._spawn_task(self._end_of_rib())
 
     def _spawn_task(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
@@ -519,18 +542,24 @@ class BgpSpeaker:
                     log.info("withdrew %s", " ".join(batch.prefixes))
                 else:
                     errors.append(f"ExaBGP refused: {batch.line[:120]}")
+                    log.warning("%s", errors[-1])
             for batch in batch_commands("announce", self.desired - self.announced):
                 if await self._command(batch.line):
                     self.announced.update(batch.prefixes)
                     log.info("announced %s", " ".join(batch.prefixes))
                 else:
                     errors.append(f"ExaBGP refused: {batch.line[:120]}")
+                    log.warning("%s", errors[-1])
             self._save_announced()
             await self._command("show neighbor json")
             self.errors = errors
             # End-of-RIB follows even a partly refused sync: a leaf waiting for it keeps
             # stale routes (which may be the very ones refused) for minutes
             self._synced.set()
+
+    async def _refresh_sessions(self) -> None:
+        async with self._lock:
+            await self._command("show neighbor json")
 
     async def _end_of_rib(self) -> None:
         """After a session came up and a sync ran, tell its leaf our RIB is complete."""
@@ -540,7 +569,9 @@ class BgpSpeaker:
                 self._eor_due.discard(peer_address)
                 family = next((p.family for p in self.peers if p.peer_address == peer_address), 4)
                 line = f"neighbor {peer_address} announce eor {AFI[family]} unicast"
-                if not await self._command(line):
+                if await self._command(line):
+                    self._eor_sent.add(peer_address)
+                else:
                     log.warning("End-of-RIB to %s refused", peer_address)
 
     def _save_announced(self) -> None:

@@ -74,9 +74,12 @@ class Relay:
         """Speaker → ExaBGP, reconnecting for as long as the process lives."""
         while True:
             conn = self._connect()
-            with conn.makefile("rb") as lines:
-                for line in lines:
-                    self._to_exabgp(line)
+            try:
+                with conn.makefile("rb") as lines:
+                    for line in lines:
+                        self._to_exabgp(line)
+            except OSError:
+                pass  # e.g. reset: connected to a speaker that closed before accepting
             self._drop(conn)
 
     def _connect(self) -> socket.socket:

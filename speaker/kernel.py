@@ -97,6 +97,9 @@ class KernelReport:
     routes: int = 0
     skipped: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    """Changes that failed this round (retried next round)."""
+    problems: list[str] = field(default_factory=list)
+    """Things the desired state asks for that cannot be done (retrying will not help)."""
 
 
 class KernelDataplane(Protocol):
@@ -227,7 +230,7 @@ class KernelReconciler:
         plan = plan_kernel(state, dp.existing_netns(wanted))
         diff = diff_kernel(plan, dp.snapshot())
         report = KernelReport(skipped=dict(plan.skipped))
-        _, report.errors = _block_routes(state)
+        _, report.problems = _block_routes(state)
         failed = self._apply_diff(diff, report)
         report.endpoints = len(plan.veths) - len(failed)
         report.routes = len(plan.routes)

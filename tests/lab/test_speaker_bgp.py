@@ -243,14 +243,17 @@ async def test_announce_withdraw_and_reinject_after_exabgp_dies(fabric: Fabric) 
         old_pid = speaker.report().exabgp_pid
         assert old_pid is not None
         os.kill(old_pid, signal.SIGKILL)
+        seen_at_leaf: list[set[str]] = []
+
+        def restarted_and_reinjected() -> bool:
+            seen_at_leaf.append(leaf4())  # graceful restart: the leaf keeps it meanwhile
+            report = speaker.report()
+            return report.exabgp_pid not in (None, old_pid) and report.announced == 1
+
         await wait_until(
-            "a new ExaBGP with everything re-injected",
-            lambda: (
-                speaker.report().exabgp_pid not in (None, old_pid)
-                and speaker.report().announced == 1
-            ),
-            speaker.report,
+            "a new ExaBGP, everything re-injected", restarted_and_reinjected, speaker.report
         )
+        assert all(s == {"10.64.0.0/28"} for s in seen_at_leaf), seen_at_leaf
         await wait_until("sessions back", partial(sessions_established, fabric), fabric.established)
         await wait_until(
             "End-of-RIB from the new ExaBGP in both families",

@@ -193,3 +193,17 @@ def test_diff_of_plan_with_itself_is_empty() -> None:
         veths={n: s.alias for n, s in plan.veths.items()}, routes=dict(plan.routes)
     )
     assert len(diff_kernel(plan, actual)) == 0
+
+
+def test_a_hole_without_an_uplink_of_its_family_is_a_problem_not_an_error() -> None:
+    kernel = MemoryKernel()
+    v4_only = HostState(
+        revision=1,
+        host=HOST,
+        peers=PEERS[:2],
+        blocks=(Block("2001:db8::/120", "net-a", holes=("2001:db8::9",)),),
+    )
+    report = KernelReconciler(kernel).apply(v4_only)
+    assert not report.errors and report.problems
+    assert "2001:db8::9" in report.problems[0]
+    assert kernel.routes == {"2001:db8::/120": Route("2001:db8::/120", "blackhole")}
