@@ -7,10 +7,11 @@ feed (`GET /v1/events/stream`, server-sent events; `GET /v1/events?after=N` poll
 the stream is not available) and checks again after every change, coalescing bursts.
 
 Applying: a change that only touches prefix-lists (a host's blocks came or went, the
-common case and the one that decides how soon a new block is reachable) is sent as
-those few `ip prefix-list` commands through `vtysh`, followed by a soft inbound refresh
-of the sessions that use them; anything else goes through FRR's `frr-reload.py`, which
-diffs the running config and applies the rest without resetting sessions.
+common case and the one that decides how soon a new block is reachable) is sent as one
+`ip prefix-list` command per changed prefix through `vtysh` (`prefix_list_commands`),
+followed by a soft inbound refresh of that host's sessions; anything else goes through
+FRR's `frr-reload.py`, which diffs the running config and applies the rest without
+resetting sessions.
 
 It owns only the lab's router config files. It never edits the rendered config beyond
 the log line, and never touches a router that is not in the lab's plan.
