@@ -41,6 +41,8 @@ MAX_LINE_BYTES = 256 * 1024
 """Well under ExaBGP's 1 MiB API line limit; one line is one BGP batch."""
 
 GRACEFUL_RESTART_SECONDS = 120
+WITHDRAW_FLUSH_SECONDS = 1.0
+"""ExaBGP acks `clear adj-rib out` when the withdrawals are queued, not yet sent."""
 RELAY_SCRIPT = Path(__file__).with_name("exabgp_relay.py")
 """Run by path, not `-m`: it needs only the stdlib, whatever ExaBGP's cwd and sys.path."""
 AFI = {4: "ipv4", 6: "ipv6"}
@@ -253,7 +255,7 @@ class ExabgpProcess:
         return self.pid
 
     def stop(self, sig: signal.Signals = signal.SIGKILL, timeout: float = 5.0) -> None:
-        """SIGKILL keeps the leaf's routes (graceful restart); SIGTERM makes it withdraw."""
+        """Either way the leaf keeps our routes (graceful restart) unless we withdrew them."""
         if self.pid is not None and self.alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, sig)
@@ -331,6 +333,7 @@ class BgpSpeaker:
         self.desired = desired_prefixes(state)
         self.peers = state.peers
         if not state.peers:
+            await self._withdraw_everything()
             await self._stop_exabgp(signal.SIGTERM)
             return self.report()
         api = f"{sys.executable} {RELAY_SCRIPT} {self.socket_path} {self._orphan_seconds():g}"
@@ -368,11 +371,12 @@ class BgpSpeaker:
         )
 
     async def close(self, *, stop_exabgp: bool = True) -> None:
-        """Stop talking to ExaBGP; stop it too (SIGTERM: it withdraws) unless told not to."""
+        """Stop talking to ExaBGP; unless told not to, withdraw everything and stop it."""
         if self._supervisor is not None:
             self._supervisor.cancel()
             self._supervisor = None
         if stop_exabgp:
+            await self._withdraw_everything()
             await self._stop_exabgp(signal.SIGTERM)
         for task in list(self._tasks):
             task.cancel()
@@ -412,6 +416,15 @@ class BgpSpeaker:
         self._eor_sent.clear()
         pid = self.process.start(self._config or "")
         log.info("started ExaBGP pid %s", pid)
+
+    async def _withdraw_everything(self) -> None:
+        """Before a deliberate stop: ExaBGP closes its sessions without a Cease, and a
+        leaf doing graceful restart would keep our routes as stale for minutes."""
+        if self._writer is None or not self.process.alive():
+            return
+        async with self._lock:
+            if await self._command("clear adj-rib out"):
+                await asyncio.sleep(WITHDRAW_FLUSH_SECONDS)
 
     async def _stop_exabgp(self, sig: signal.Signals) -> None:
         if self.process.pid is not None:

@@ -320,3 +320,16 @@ async def test_exabgp_of_a_speaker_that_stays_dead_withdraws_within_the_hold_tim
         await wait_until("ExaBGP gone", lambda: not running(pid), fabric.established)
     finally:
         await speaker.close()
+
+
+async def test_a_deliberate_stop_withdraws_at_once(fabric: Fabric) -> None:
+    speaker = speaker_in(fabric)
+    leaf4 = partial(fabric.leaf_prefixes, 4)
+    leaf6 = partial(fabric.leaf_prefixes, 6)
+    try:
+        await speaker.apply(host_state(1, ("10.64.0.0/28", "2001:db8:64::/120")))
+        await wait_until("blocks at the leaf", lambda: bool(leaf4() and leaf6()), leaf4)
+    finally:
+        await speaker.close()  # stop_exabgp=True: the host leaves the fabric
+    # well under the graceful-restart time (120 s) the leaf would keep stale routes for
+    await wait_until("no routes at the leaf", lambda: not leaf4() and not leaf6(), leaf4, 10)
