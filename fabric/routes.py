@@ -139,18 +139,28 @@ def _own_prefixes(
 def _active(cidrs: Sequence[str], prefixes: set[IPNetwork]) -> set[IPNetwork]:
     """The summaries FRR originates: those with at least one more-specific in its table."""
     summaries = {parse_network(c) for c in cidrs}
-    return {s for s in summaries if any(_covered(p, (s,)) for p in prefixes)}
+    lengths = {(s.version, s.prefixlen) for s in summaries}
+    inside = {
+        p.supernet(new_prefix=length)
+        for p in prefixes
+        for version, length in lengths
+        if p.version == version and p.prefixlen >= length
+    }
+    return summaries & inside
 
 
 def _announced(own: set[IPNetwork], summaries: set[IPNetwork]) -> set[IPNetwork]:
     """What a leaf sends to the spines: its summaries and what they do not cover."""
-    return summaries | {p for p in own if not _covered(p, summaries)}
+    lengths: set[tuple[int, int]] = {(s.version, s.prefixlen) for s in summaries}
+    return summaries | {p for p in own if not _covered(p, summaries, lengths)}
 
 
-def _covered(prefix: IPNetwork, summaries: Iterable[IPNetwork]) -> bool:
+def _covered(prefix: IPNetwork, summaries: set[IPNetwork], lengths: set[tuple[int, int]]) -> bool:
+    """Whether a summary holds `prefix`: one lookup per summary length, not per summary."""
     return any(
-        s.version == prefix.version and prefix.subnet_of(s)  # type: ignore[arg-type]
-        for s in summaries
+        prefix.supernet(new_prefix=length) in summaries
+        for version, length in lengths
+        if version == prefix.version and length <= prefix.prefixlen
     )
 
 
