@@ -64,12 +64,14 @@ async def page(browser: Any) -> AsyncIterator[Any]:
 
 
 async def screenshot(page: Any, name: str) -> Path:
-    """Save under test-output/screenshots/ and keep the latest copy in docs/img/."""
+    """Save under test-output/screenshots/; with UPDATE_SCREENSHOTS=1 also refresh the
+    copies in docs/img/ used by the README (not on every run: they would churn git)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
     await page.screenshot(path=str(path), full_page=True)
-    DOC_IMAGES.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, DOC_IMAGES / f"dashboard-{name}.png")
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        DOC_IMAGES.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, DOC_IMAGES / f"dashboard-{name}.png")
     return path
 
 
