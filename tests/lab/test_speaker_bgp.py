@@ -14,6 +14,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -333,3 +334,29 @@ async def test_a_deliberate_stop_withdraws_at_once(fabric: Fabric) -> None:
         await speaker.close()  # stop_exabgp=True: the host leaves the fabric
     # well under the graceful-restart time (120 s) the leaf would keep stale routes for
     await wait_until("no routes at the leaf", lambda: not leaf4() and not leaf6(), leaf4, 10)
+
+
+async def test_changed_peers_restart_exabgp_and_keep_routes_at_the_leaf(fabric: Fabric) -> None:
+    speaker = speaker_in(fabric)
+    leaf4 = partial(fabric.leaf_prefixes, 4)
+    leaf6 = partial(fabric.leaf_prefixes, 6)
+    both = host_state(1, ("10.64.0.0/28", "2001:db8:64::/120"))
+    v4_only = replace(both, revision=0, peers=both.peers[:1])
+    try:
+        await speaker.apply(v4_only)
+        await wait_until("IPv4 block at the leaf", lambda: "10.64.0.0/28" in leaf4(), leaf4)
+        assert not leaf6()
+        first_pid = speaker.report().exabgp_pid
+
+        await speaker.apply(both)
+        assert speaker.report().exabgp_pid not in (None, first_pid), speaker.report()
+        seen: list[set[str]] = []
+
+        def ipv6_arrived() -> bool:
+            seen.append(leaf4())  # graceful restart: the IPv4 session's route stays
+            return "2001:db8:64::/120" in leaf6()
+
+        await wait_until("IPv6 block over the new session", ipv6_arrived, leaf6)
+        assert all("10.64.0.0/28" in s for s in seen), seen
+    finally:
+        await speaker.close()
