@@ -9,6 +9,11 @@ It owns only objects it marked: routes with protocol `ROUTE_PROTO`, and veths na
 `tr...` whose alias starts with `terrace:`. It must never touch, flush or rename any
 other route or link, and it never moves links between namespaces (the container side of
 a veth is created in place).
+
+The CNI plugin (`speaker.cni`) builds endpoint veths with the same `endpoint_veth` and
+`veth_routes` under the same lock, so the speaker finds them done; a veth of an endpoint
+that no state applied since the start has named is the plugin's, built for a newer
+revision than the one being applied, and is left alone until a state names it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import hashlib
 import ipaddress
 import logging
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal, Protocol
@@ -167,17 +173,26 @@ def plan_kernel(state: HostState, existing_netns: set[str]) -> KernelPlan:
         if endpoint.netns not in existing_netns:
             skipped[endpoint.id] = f"netns {endpoint.netns} does not exist (yet)"
             continue
-        spec = VethSpec(
-            name=host_veth_name(endpoint.id),
-            endpoint_id=endpoint.id,
-            netns=endpoint.netns,
-            interface=endpoint.interface or "eth0",
-            addresses=_endpoint_addresses(endpoint),
-        )
+        spec = endpoint_veth(endpoint, endpoint.netns)
         veths[spec.name] = spec
-        for dst in spec.addresses:
-            routes[dst] = Route(dst, "veth", (spec.name,))
+        routes.update(veth_routes(spec))
     return KernelPlan(veths=veths, routes=routes, skipped=skipped)
+
+
+def endpoint_veth(endpoint: Endpoint, netns: str) -> VethSpec:
+    """The veth of an endpoint placed in `netns` (the speaker and the CNI plugin agree)."""
+    return VethSpec(
+        name=host_veth_name(endpoint.id),
+        endpoint_id=endpoint.id,
+        netns=netns,
+        interface=endpoint.interface or "eth0",
+        addresses=_endpoint_addresses(endpoint),
+    )
+
+
+def veth_routes(spec: VethSpec) -> dict[str, Route]:
+    """The host routes of a veth: each container address via the host side."""
+    return {dst: Route(dst, "veth", (spec.name,)) for dst in spec.addresses}
 
 
 def diff_kernel(plan: KernelPlan, actual: KernelSnapshot) -> KernelDiff:
@@ -215,20 +230,34 @@ def diff_kernel(plan: KernelPlan, actual: KernelSnapshot) -> KernelDiff:
 class KernelReconciler:
     """Applies a whole `HostState` to the kernel as one diff of desired against actual."""
 
-    def __init__(self, dataplane: KernelDataplane | None = None) -> None:
+    def __init__(
+        self,
+        dataplane: KernelDataplane | None = None,
+        lock: Callable[[], AbstractContextManager[object]] = nullcontext,
+    ) -> None:
         if dataplane is None:
-            from speaker.netlink import NetlinkDataplane
+            from speaker.netlink import NetlinkDataplane, kernel_lock
 
-            dataplane = NetlinkDataplane()
+            dataplane, lock = NetlinkDataplane(), kernel_lock
         self.dataplane = dataplane
+        self.lock = lock
+        """Held around each apply: the CNI plugin plumbs endpoints under the same lock."""
+        self._known: set[str] | None = None
+        """Veths planned by an earlier apply; None until the first apply."""
 
     def apply(self, state: HostState) -> KernelReport:
         """Make the kernel match `state`; per-object failures are reported, not raised."""
+        with self.lock():
+            return self._apply(state)
+
+    def _apply(self, state: HostState) -> KernelReport:
         dp = self.dataplane
         dp.enable_forwarding()
         wanted = {e.netns for e in state.endpoints if e.netns}
         plan = plan_kernel(state, dp.existing_netns(wanted))
-        diff = diff_kernel(plan, dp.snapshot())
+        actual = dp.snapshot()
+        diff = diff_kernel(plan, self._without_newer(actual, plan))
+        self._known = set(plan.veths) | (self._known or set()) & set(actual.veths)
         report = KernelReport(skipped=dict(plan.skipped))
         _, report.problems = _block_routes(state)
         failed = self._apply_diff(diff, report)
@@ -237,6 +266,24 @@ class KernelReconciler:
         for endpoint_id in plan.skipped:
             log.info("endpoint %s skipped: %s", endpoint_id, plan.skipped[endpoint_id])
         return report
+
+    def _without_newer(self, actual: KernelSnapshot, plan: KernelPlan) -> KernelSnapshot:
+        """`actual` minus veths (and their routes) of endpoints no state applied so far
+        named: the CNI plugin built them for a revision newer than the one being applied,
+        so they are not leftovers. The first apply after a start owns everything."""
+        if self._known is None:
+            return actual
+        newer = {n for n in actual.veths if n not in self._known and n not in plan.veths}
+        if not newer:
+            return actual
+        return KernelSnapshot(
+            veths={n: a for n, a in actual.veths.items() if n not in newer},
+            routes={
+                d: r
+                for d, r in actual.routes.items()
+                if not (r.kind == "veth" and r.via and r.via[0] in newer)
+            },
+        )
 
     def _apply_diff(self, diff: KernelDiff, report: KernelReport) -> set[str]:
         """Order: build veths, point routes at them, drop stale routes, then stale veths."""

@@ -14,6 +14,7 @@ the IPv4 gateway 169.254.1.1 (the host side's fixed MAC), and default routes via
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import ipaddress
 import os
 from collections.abc import Iterable, Iterator
@@ -40,6 +41,7 @@ RTN_BLACKHOLE = 6
 IFA_F_NODAD = 0x02
 NUD_PERMANENT = 0x80
 CLONE_NEWNET = 0x40000000
+LOCK_DIR = "/run/terrace"
 FORWARDING_SYSCTLS = (
     "/proc/sys/net/ipv4/ip_forward",
     "/proc/sys/net/ipv6/conf/all/forwarding",
@@ -70,6 +72,25 @@ def in_netns(path: str) -> Iterator[None]:
             _setns(home)
     finally:
         os.close(home)
+
+
+@contextmanager
+def kernel_lock(lock_dir: str = LOCK_DIR) -> Iterator[None]:
+    """Exclusive hold on this network namespace's Terrace veths and routes.
+
+    The speaker's reconciler and the CNI plugin (a separate process) both build veths;
+    each does its read-compare-change under this lock, so neither sees the other's
+    half-built veth. One lock file per network namespace (by inode), so the hosts of a
+    lab, which share a filesystem, do not wait for each other.
+    """
+    inode = os.stat("/proc/thread-self/ns/net").st_ino
+    os.makedirs(lock_dir, exist_ok=True)
+    fd = os.open(os.path.join(lock_dir, f"kernel-{inode}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
 
 
 def _write_sysctl(path: str, value: str) -> None:
