@@ -47,7 +47,7 @@ async def desired_state(request: web.Request, who: Principal) -> dict[str, Any]:
             async with controller.engine.connect() as conn:
                 await conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
                 host = await load_host(conn, name)
-                if host.revision > after or loop.time() >= deadline:
+                if host.revision > after or loop.time() >= deadline or controller.feed.closing:
                     return (await host_state(conn, host)).to_json()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), max(0.0, deadline - loop.time()))

@@ -104,6 +104,7 @@ class ChangeFeed:
         self._kind_listeners: list[Callable[[set[str]], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.closing = False
         self.connected = asyncio.Event()
 
     async def start(self) -> None:
@@ -198,7 +199,9 @@ class ChangeFeed:
             self._event_queues.discard(queue)
 
     def close_streams(self) -> None:
-        """Tell every event stream to end (the server is shutting down)."""
+        """The server is shutting down: end every event stream and long-poll now."""
+        self.closing = True
+        self._wake_all()
         for queue in self._event_queues:
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(STREAM_END)

@@ -342,7 +342,7 @@ def speaker_main(args: argparse.Namespace) -> int:
         print(f"terrace speaker: cannot read the token file {args.token_file}: {exc}")
         return 2
     from speaker.bgp import BgpSpeaker
-    from speaker.firewall import FirewallReconciler
+    from speaker.firewall import FirewallReconciler, forget_conntrack
     from speaker.kernel import KernelReconciler
 
     runtime_dir = args.runtime_dir or f"/run/terrace/speaker-{args.host}"
@@ -359,7 +359,8 @@ def speaker_main(args: argparse.Namespace) -> int:
             poll_timeout=args.poll_timeout,
             stop=stop,
             withdraw_on_exit=args.withdraw_on_exit,
-            firewall=FirewallReconciler(),
+            # Forget a deleted endpoint's conntrack flows: its address may be reused.
+            firewall=FirewallReconciler(forget_flows=forget_conntrack),
             kernel=KernelReconciler(),
             bgp=BgpSpeaker(runtime_dir),
         )

@@ -181,3 +181,30 @@ async def test_openapi_matches_routes(api: Api) -> None:
         assert code != 405, (method, path)
         if code == 404:
             assert not problem["type"].endswith("no-such-route"), (method, path)
+
+
+async def test_sigterm_ends_long_polls_and_exits(
+    api: Api, database_url: str, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """A controller being stopped answers its held long-polls and exits promptly."""
+    await seed(api)
+    port = free_port()
+    proc = spawn_controller(tmp_path, port, database_url=database_url)
+    procs.append(proc)
+    base = f"http://127.0.0.1:{port}"
+    await wait_healthy(proc, base)
+    replica = Api(base, ADMIN_TOKEN)
+    try:
+        poll = asyncio.create_task(
+            replica.get("/v1/hosts/h1/desired-state?after=999999&timeout=120")
+        )
+        await asyncio.sleep(0.5)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        proc.terminate()
+        status, state = await asyncio.wait_for(poll, 10)
+        assert status == 200 and state["host"]["name"] == "h1"
+        await asyncio.to_thread(proc.wait, 10)
+        assert loop.time() - started < 10
+    finally:
+        await replica.session.close()
