@@ -82,13 +82,35 @@ def place_endpoints(
     return Placement(plan, networks, dict(counts))
 
 
+def place_per_host(
+    plan: FabricPlan, per_host: int, networks: int, seed: int, racks_per_network: int = 0
+) -> Placement:
+    """Exactly `per_host` endpoints on every host, each in a random network (of those
+    allowed in the host's rack when `racks_per_network` > 0)."""
+    rng = random.Random(seed)
+    racks = list(plan.topology.racks())
+    allowed: dict[str, list[int]] = {r: [] for r in racks}
+    for net in range(networks):
+        spread = racks if racks_per_network <= 0 else rng.sample(racks, racks_per_network)
+        for rack in spread:
+            allowed[rack].append(net)
+    counts: Counter[tuple[int, str]] = Counter()
+    for host in plan.hosts.values():
+        choices = allowed[host.rack or ""] or list(range(networks))
+        for _ in range(per_host):
+            counts[(rng.choice(choices), host.name)] += 1
+    return Placement(plan, networks, dict(counts))
+
+
 @dataclass(frozen=True, slots=True)
 class Carved:
-    """Per host the prefixes it announces; per rack the slices of rack-aware subnets."""
+    """Per host the prefixes it announces (and, in `blocks`, the network of each); per
+    rack the slices of rack-aware subnets; the subnet of each network."""
 
     allocations: dict[str, list[str]]
     rack_slices: dict[str, list[str]]
-    subnets: list[str]
+    subnets: dict[int, str]
+    blocks: dict[str, list[tuple[int, str]]]
 
 
 def terrace_blocks(
@@ -104,7 +126,9 @@ def terrace_blocks(
         per_network[net].append((host, n))
     pool_net = ipaddress.ip_network(pool)
     taken: list[IPNetwork] = []
+    subnets: dict[int, str] = {}
     allocations: dict[str, list[str]] = defaultdict(list)
+    blocks: dict[str, list[tuple[int, str]]] = defaultdict(list)
     slices: dict[str, set[str]] = defaultdict(set)
     for net in sorted(per_network):
         members = per_network[net]
@@ -113,6 +137,7 @@ def terrace_blocks(
         if subnet is None:
             raise ValueError(f"pool {pool} is full at network {net}")
         taken.append(subnet)
+        subnets[net] = str(subnet)
         placed: list[PlacedBlock] = []
         for host, n in members:
             rack = hosts[host].rack
@@ -122,10 +147,14 @@ def terrace_blocks(
                     raise ValueError(f"subnet {subnet} is full (network {net})")
                 placed.append(PlacedBlock(cidr, rack))
                 allocations[host].append(str(cidr))
+                blocks[host].append((net, str(cidr)))
                 if rack_slice is not None and rack is not None:
                     slices[rack].add(str(cidr.supernet(new_prefix=rack_slice)))
     return Carved(
-        dict(allocations), {r: sorted(s) for r, s in slices.items()}, [str(s) for s in taken]
+        dict(allocations),
+        {r: sorted(s) for r, s in slices.items()},
+        subnets,
+        dict(blocks),
     )
 
 
