@@ -13,7 +13,6 @@ from sqlalchemy import text
 from controller.api_admin import load_host, require_host_access
 from controller.auth import Principal
 from controller.context import ctx
-from controller.desired import host_state
 from controller.feed import REVISION_SEQUENCE, STREAM_END
 from controller.models import HostStatusIn
 from controller.problems import Problem
@@ -44,11 +43,10 @@ async def desired_state(request: web.Request, who: Principal) -> dict[str, Any]:
     with controller.feed.watch_host(name) as changed:
         while True:
             changed.clear()
-            async with controller.engine.connect() as conn:
-                await conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
-                host = await load_host(conn, name)
-                if host.revision > after or loop.time() >= deadline or controller.feed.closing:
-                    return (await host_state(conn, host)).to_json()
+            force = loop.time() >= deadline or controller.feed.closing
+            state = await controller.states.read(name, after, force=force)
+            if state is not None:
+                return state.to_json()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), max(0.0, deadline - loop.time()))
 

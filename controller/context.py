@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from controller.allocator import EndpointAllocator
 from controller.auth import Authenticator
+from controller.desired import DesiredStates
 from controller.feed import ChangeFeed
 from controller.metrics import Metrics
 
@@ -25,9 +26,11 @@ class Controller:
     data_dir: Path
     metrics: Metrics = field(default_factory=Metrics)
     allocator: EndpointAllocator = field(init=False)
+    states: DesiredStates = field(init=False)
 
     def __post_init__(self) -> None:
         self.allocator = EndpointAllocator(self.engine, self.metrics)
+        self.states = DesiredStates(self.engine)
 
 
 CONTROLLER_KEY = web.AppKey("terrace", Controller)
