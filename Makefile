@@ -2,7 +2,7 @@
 # `make test` runs every test. Both install what they need first.
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
-APT_PACKAGES := frr iptables ipset chromium iproute2 iputils-ping procps
+APT_PACKAGES := frr iptables ipset chromium iproute2 iputils-ping procps containernetworking-plugins
 STAMP := .terrace-installed
 
 .PHONY: install deps-system deps-python lint test test-unit test-integration test-lab test-browser demo demo-down clean

@@ -213,7 +213,8 @@ class _Builder:
         if self.options.database_url:
             argv += ["--database-url", self.options.database_url]
         self.logs.append(self.paths.log("controller"))
-        pid = procs.spawn(self.paths, "controller", argv)
+        # the lab's admin token is the one in its data dir, whatever this shell exports
+        pid = procs.spawn(self.paths, "controller", argv, env={"TERRACE_ADMIN_TOKEN": ""})
         wait_for_controller(self.paths, pid)
         self.api = LabApi(self.paths.url, self.state.admin_token)
         if self.options.listen:
