@@ -159,12 +159,10 @@ def _by_rules(
     for rule in sorted((r for r in rules if r.network_id == network.id), key=lambda r: r.id):
         if not _source_matches(rule, question.source):
             continue
-        coverage = rule_coverage(rule, question.protocol, question.port)
-        if coverage == "full":
+        if rule_coverage(rule, question.protocol, question.port) == "full":
             message = f"{head}: allowed by rule {rule.id} of {label} ({_rule_text(rule)})"
             return _with(base, "rule", True, message, rule_id=rule.id)
-        if coverage == "partial":
-            partial.append(rule)
+        partial.append(rule)  # it lets this source in, only not for what was asked
     message = f"{head}: denied by default: no rule of {label} allows it"
     if partial:
         only = "; ".join(f"rule {r.id}: {_rule_text(r)}" for r in partial)

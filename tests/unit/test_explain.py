@@ -48,8 +48,9 @@ def test_rule_allows_named_port_and_range():
 def test_default_deny_outside_the_rule_names_the_partial_rule():
     verdict = ask("10.10.0.2", "10.20.0.2", "tcp", 443)
     assert not verdict.allowed and verdict.reason == "default-deny" and verdict.rule_id is None
+    assert verdict.partial_rules == ("rule-http",)
     ping = ask("10.10.0.2", "10.20.0.2", "icmp")
-    assert not ping.allowed and ping.partial_rules == ()
+    assert not ping.allowed and ping.partial_rules == ("rule-http",)
     everything = ask("fd00:a::2", "fd00:b::2")
     assert not everything.allowed and everything.partial_rules == ("rule-http",)
     assert "allow only: rule rule-http" in everything.message
