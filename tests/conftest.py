@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -23,3 +24,14 @@ def require_root_tools(*tools: str) -> None:
     require(os.geteuid() == 0, "these tests need root (network namespaces)")
     for tool in tools:
         require(shutil.which(tool) is not None or os.path.exists(tool), f"{tool} is not installed")
+
+
+def record_figure(check: str, what: str, value: float | str, unit: str = "") -> None:
+    """A figure a fault test measured: printed, and with `TERRACE_FIGURES=FILE` also
+    appended to FILE as one JSON line (`bench/faults` collects them into its table)."""
+    print(f"{check}: {what}: {value}{' ' + unit if unit else ''}")
+    target = os.environ.get("TERRACE_FIGURES")
+    if target:
+        line = {"check": check, "what": what, "value": value, "unit": unit}
+        with open(target, "a", encoding="utf-8") as out:
+            out.write(json.dumps(line) + "\n")

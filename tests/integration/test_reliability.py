@@ -29,6 +29,7 @@ import psutil
 import pytest
 import pytest_asyncio
 
+from tests.conftest import record_figure
 from tests.integration.conftest import ADMIN_TOKEN, Api
 from tests.integration.test_processes import free_port, spawn_controller, wait_healthy
 
@@ -149,7 +150,10 @@ async def test_r1_two_replicas_no_duplicate_addresses(
     await load.run(total)
     elapsed = time.perf_counter() - started
 
-    print(f"R1: {total} allocations over 2 replicas, {CLIENTS} clients: {elapsed:.1f} s")
+    record_figure(
+        "R1", f"{total} allocations, 2 replicas, {CLIENTS} clients", round(elapsed, 1), "s"
+    )
+    record_figure("R1", "5xx answers", sum(1 for s in load.statuses if s >= 500))
     assert [s for s in load.statuses if s >= 500] == [], load.failures[:5]
     assert load.failures == [], load.failures[:5]
     assert len(load.created) == total
@@ -158,6 +162,7 @@ async def test_r1_two_replicas_no_duplicate_addresses(
         assert None not in answered
         assert len(set(answered)) == total, f"duplicate {family} addresses in the answers"
     dupes, overlapping, addresses = await duplicates_in_database(database_url)
+    record_figure("R1", "duplicate addresses in the database", len(dupes))
     assert dupes == [] and overlapping == 0
     assert addresses == 2 * total
 
@@ -245,12 +250,16 @@ async def test_r2_kill_controller_then_postgres(
         await asyncio.wait_for(running, 60)
         first.wait(10)
         answered = list(load.created)
-        print(f"R2: {len(answered)} endpoints answered 201 before kill -9 of the controller")
+        record_figure(
+            "R2", "endpoints answered 201 before kill -9 of the controller", len(answered)
+        )
 
         _, base = await start_replica(tmp_path / "c2", url, controllers)
         await api.session.close()
         api = Api(base, ADMIN_TOKEN)
-        assert await read_back(api, answered) == []
+        lost = await read_back(api, answered)
+        record_figure("R2", "of them missing after a restarted controller", len(lost))
+        assert lost == []
         assert await until_serves(api, network, deadline_s=10) == 201
 
         await asyncio.to_thread(kill_postgres, private_postgres)
@@ -262,7 +271,9 @@ async def test_r2_kill_controller_then_postgres(
             await timed_call(api, "GET", "/v1/hosts/h1/desired-state?timeout=0"),
             await timed_call(api, "GET", "/healthz"),
         ]
-        print(f"R2: answers while Postgres is down (status, seconds): {outage}")
+        slowest = max(seconds for _, seconds in outage)
+        record_figure("R2", "slowest answer while Postgres is down", round(slowest, 3), "s")
+        record_figure("R2", "statuses while Postgres is down", " ".join(str(s) for s, _ in outage))
         assert all(status == 503 for status, _ in outage), outage
         assert all(seconds < 2 for _, seconds in outage), outage
 

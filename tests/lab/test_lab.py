@@ -19,7 +19,7 @@ import pytest
 
 from lab import procs, runner
 from lab.paths import LabPaths
-from tests.conftest import require_root_tools
+from tests.conftest import record_figure, require_root_tools
 from tests.lab.conftest import TWO_RACK, Lab
 
 pytestmark = pytest.mark.lab
@@ -159,6 +159,8 @@ def test_speaker_sigkill_and_restart_loses_no_packet(lab: Lab) -> None:
                 pinger.kill()
     for family, output in outputs.items():
         sent, received = _ping_counts(output)
+        record_figure("R3", f"{family} pings lost across a speaker SIGKILL and restart",
+                      f"{sent - received} of {sent}")  # fmt: skip
         assert sent > 50 and received == sent, f"{family}: {output}"
 
 
@@ -191,10 +193,12 @@ def test_dead_host_routes_withdrawn_within_hold_time(lab: Lab) -> None:
                 os.kill(pid, signal.SIGKILL)
         procs.stop(procs.pids_matching(str(lab.paths.speaker_dir("h4"))), grace=0)
 
-        # Hold time 9 s; the deadline adds polling slack.
-        _wait_withdrawn(lab, "leaf2", blocks, deadline=9 + 6)
-        took = time.monotonic() - killed_at
-        print(f"dead host's routes withdrawn {took:.1f} s after it went silent")
+        # Hold time 9 s; the deadline adds polling slack. The spines follow the leaf.
+        for router in ("leaf2", *SPINES):
+            _wait_withdrawn(lab, router, blocks, deadline=9 + 6)
+            took = time.monotonic() - killed_at
+            record_figure("R4", f"{router} withdraws a silent host's blocks (hold 9 s)",
+                          round(took, 1), "s")  # fmt: skip
         lab.wait_unreachable(a["name"], b["ipv4"])
     finally:
         for rule in silence:

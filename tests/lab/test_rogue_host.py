@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from lab import procs
+from tests.conftest import record_figure
 from tests.lab.conftest import Lab
 
 pytestmark = pytest.mark.lab
@@ -162,13 +163,19 @@ def test_rogue_host_announcing_another_hosts_block_is_rejected_by_its_leaf(lab: 
             lambda: f"updates from h2: {_updates_from(lab, 'leaf1', 'h2')}",
         )
         # The leaf answered them (its UPDATE count moved): nothing of it anywhere.
-        assert lab.prefixes_from("leaf1", "h2") & stolen == set()
-        assert _paths_through(lab, rogue_asn, stolen) == {}
+        accepted = lab.prefixes_from("leaf1", "h2") & stolen
+        learned = _paths_through(lab, rogue_asn, stolen)
+        record_figure("R8", "rogue prefixes sent by h2 / accepted by leaf1",
+                      f"{len(stolen)} / {len(accepted)}")  # fmt: skip
+        assert accepted == set()
+        assert learned == {}
         time.sleep(1)  # the window: traffic to the victim keeps flowing after the hijack
     finally:
         results = [_stop_pinger(p) for p in pingers]
         lab.start_speaker("h2")
-    for sent, received, output in results:
+    for family, (sent, received, output) in zip(("ipv4", "ipv6"), results, strict=True):
+        record_figure("R8", f"{family} pings to the victim lost during the hijack",
+                      f"{sent - received} of {sent}")  # fmt: skip
         assert sent > 10 and received == sent, output
     lab.wait_host_applied("h2")
     lab.wait(
