@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from fabric.state import Block, Borrowed, HostInfo, HostState, Peer
-from speaker.bgp import BgpSpeaker
+from speaker.bgp import BgpSpeaker, default_exabgp_command
 
 pytestmark = pytest.mark.lab
 
@@ -69,6 +69,7 @@ async def wait_until(
 LEAF_CONF = f"""frr defaults datacenter
 hostname leaf
 log file {{logdir}}/frr.log
+log timestamp precision 6
 !
 router bgp {LEAF_ASN}
  bgp router-id {LEAF4}
@@ -187,7 +188,7 @@ def host_state(revision: int, blocks: tuple[str, ...], borrowed: tuple[str, ...]
 
 
 def speaker_in(fabric: Fabric) -> BgpSpeaker:
-    command = ["ip", "netns", "exec", fabric.host, sys.executable, "-m", "exabgp"]
+    command = ["ip", "netns", "exec", fabric.host, *default_exabgp_command()]
     return BgpSpeaker(fabric.dir / "speaker", exabgp_command=command)
 
 
