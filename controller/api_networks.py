@@ -154,7 +154,7 @@ async def create_network(request: web.Request, who: Principal, body: NetworkIn) 
     "GET",
     "/v1/networks",
     summary="List networks (a tenant sees its own)",
-    query=(Query("tenant_id"),),
+    query=(Query("tenant_id", id_of="tenant"),),
     tag="networks",
 )
 async def list_networks(request: web.Request, who: Principal) -> list[dict[str, Any]]:
@@ -404,7 +404,7 @@ def _endpoint_scope(who: Principal) -> tuple[str, dict[str, Any]]:
     "GET",
     "/v1/endpoints",
     summary="List endpoints",
-    query=(Query("network_id"), Query("host")),
+    query=(Query("network_id", id_of="network"), Query("host")),
     tag="endpoints",
 )
 async def list_endpoints(request: web.Request, who: Principal) -> list[dict[str, Any]]:

@@ -14,11 +14,13 @@ from controller.api_admin import load_host, require_host_access
 from controller.auth import Principal
 from controller.context import ctx
 from controller.feed import REVISION_SEQUENCE, STREAM_END
-from controller.models import HostStatusIn
+from controller.models import ChangeEvent, HostStatusIn
 from controller.problems import Problem
-from controller.registry import Query, int_query, route
+from controller.registry import EventStream, Query, dump_json, int_param, int_query, route
 
 MAX_WAIT = 300
+MAX_EVENT_ID = 2**62
+CHANGES = EventStream("change", ChangeEvent)
 
 
 @route(
@@ -158,7 +160,7 @@ async def status(request: web.Request, who: Principal) -> dict[str, Any]:
     tag="status",
 )
 async def list_events(request: web.Request, who: Principal) -> list[dict[str, Any]]:
-    after = int_query(request, "after", 0, 0, 2**62)
+    after = int_query(request, "after", 0, 0, MAX_EVENT_ID)
     limit = int_query(request, "limit", 100, 1, 1000)
     return await read_events(request, who, after, limit)
 
@@ -250,14 +252,21 @@ async def metrics(request: web.Request) -> web.Response:
     summary="Server-sent events: every change as it commits (a tenant sees its own)",
     raw=True,
     content_type="text/event-stream",
-    query=(Query("after", "integer"),),
+    events=CHANGES,
+    query=(Query("after", "integer", "send the events after this id (default: from now on)"),),
     tag="status",
 )
 async def event_stream(request: web.Request, who: Principal) -> web.StreamResponse:
     """SSE, resumable with `Last-Event-ID` or `after`; a comment line every 15 s keeps
-    proxies from closing an idle stream."""
-    last = request.headers.get("Last-Event-ID") or request.query.get("after") or ""
-    after = int(last) if last.isdigit() else await _latest_event(request)
+    proxies from closing an idle stream. A bad resume point is a 400 before the stream
+    starts: once the 200 is sent, an error can only cut the stream."""
+    resume = request.headers.get("Last-Event-ID")
+    if resume:
+        after = int_param(resume, "header Last-Event-ID", -1, 0, MAX_EVENT_ID)
+    else:
+        after = int_query(request, "after", -1, 0, MAX_EVENT_ID)
+    if after < 0:
+        after = await _latest_event(request)
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
@@ -266,8 +275,8 @@ async def event_stream(request: web.Request, who: Principal) -> web.StreamRespon
         while True:
             for event in await read_events(request, who, after, 500):
                 after = event["id"]
-                payload = json.dumps(event, default=str)
-                await response.write(f"id: {after}\nevent: change\ndata: {payload}\n\n".encode())
+                frame = f"id: {after}\nevent: {CHANGES.name}\ndata: {dump_json(event)}\n\n"
+                await response.write(frame.encode())
             try:
                 signal = await asyncio.wait_for(queue.get(), 15)
             except TimeoutError:

@@ -1,11 +1,13 @@
-"""Request bodies of the REST API, validated by pydantic; their JSON schemas feed
-`/openapi.json`. Value checks that need the address arithmetic live in
-`fabric.addressing` and are called from the validators, so the messages are the same
-everywhere (`10.0.0.1/24 has host bits set; did you mean 10.0.0.0/24?`)."""
+"""Request bodies of the REST API, validated by pydantic, and the event the change
+stream sends; their JSON schemas feed `/openapi.json`. Value checks that need the
+address arithmetic live in `fabric.addressing` and are called from the validators, so
+the messages are the same everywhere (`10.0.0.1/24 has host bits set; did you mean
+10.0.0.0/24?`)."""
 
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
@@ -141,3 +143,16 @@ class HostStatusIn(BaseModel):
     model_config = ConfigDict(extra="allow")
     applied_revision: StrictInt | None = None
     last_error: str | None = None
+
+
+class ChangeEvent(BaseModel):
+    """One committed change, as `GET /v1/events` lists it and `/v1/events/stream` sends it."""
+
+    id: int
+    at: datetime
+    kind: str
+    action: str
+    object_id: str | None
+    tenant_id: str | None
+    revision: int | None
+    summary: str

@@ -28,6 +28,18 @@ class Query:
     name: str
     type: Literal["string", "integer", "number"] = "string"
     description: str = ""
+    # the kind of object the parameter names by id ("tenant"); the handler checks it
+    # with `check_id`, so a value that cannot be such an id answers 404
+    id_of: str = ""
+
+
+@dataclass(frozen=True)
+class EventStream:
+    """What a `text/event-stream` route sends: events named `name`, each with an id and
+    one JSON document of `data` in its `data:` field."""
+
+    name: str
+    data: type[BaseModel]
 
 
 @dataclass
@@ -44,6 +56,7 @@ class RouteSpec:
     tag: str
     raw: bool = False  # handler returns a web.StreamResponse itself
     content_type: str = "application/json"
+    events: EventStream | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -63,6 +76,7 @@ def route(
     tag: str = "api",
     raw: bool = False,
     content_type: str = "application/json",
+    events: EventStream | None = None,
 ) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
         ROUTES.append(
@@ -79,6 +93,7 @@ def route(
                 tag,
                 raw,
                 content_type,
+                events,
             )
         )
         return handler
@@ -92,12 +107,13 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def dump_json(data: Any) -> str:
+    """The JSON of every answer and streamed event: times in ISO 8601, ids as strings."""
+    return json.dumps(data, default=_json_default)
+
+
 def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status,
-        text=json.dumps(data, default=_json_default),
-        content_type="application/json",
-    )
+    return web.Response(status=status, text=dump_json(data), content_type="application/json")
 
 
 async def parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
@@ -149,15 +165,20 @@ def check_id(value: str, what: str) -> str:
 
 
 def int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
+    return int_param(request.query.get(name), f"query parameter {name}", default, low, high)
+
+
+def int_param(raw: str | None, what: str, default: int, low: int, high: int) -> int:
+    """An integer from a query parameter or a header (`what` names it in the 400); a
+    fraction is cut to its integer part."""
     if raw is None or raw == "":
         return default
     try:
         value = int(float(raw)) if "." in raw else int(raw)
-    except ValueError:
-        raise bad_request(f"query parameter {name}={raw!r} must be a number") from None
+    except (ValueError, OverflowError):  # OverflowError: "1.5e999" is an infinite float
+        raise bad_request(f"{what}={raw!r} must be a number") from None
     if not low <= value <= high:
-        raise bad_request(f"query parameter {name}={value} must be between {low} and {high}")
+        raise bad_request(f"{what}={value} must be between {low} and {high}")
     return value
 
 
