@@ -12,12 +12,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 log = logging.getLogger(__name__)
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -46,6 +47,18 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         pool_timeout=5,
         connect_args={"timeout": 5, "command_timeout": 30},
     )
+
+
+async def driver_connection(conn: AsyncConnection) -> asyncpg.Connection:
+    """The asyncpg connection under `conn`, for hot paths that cannot afford SQLAlchemy's
+    cost per statement (compile, cache key, result objects). Its statements run in the
+    transaction of `conn`, begun here when nothing has run through SQLAlchemy yet, so they
+    commit or roll back with the rest."""
+    raw = (await conn.get_raw_connection()).driver_connection
+    assert isinstance(raw, asyncpg.Connection)
+    if not raw.is_in_transaction():
+        await conn.execute(text("SELECT 1"))
+    return raw
 
 
 def alembic_config() -> Config:

@@ -23,6 +23,8 @@ import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from controller.db import driver_connection
+
 log = logging.getLogger(__name__)
 
 REVISION_SEQUENCE = "terrace_revision"  # created by migration 0001
@@ -67,31 +69,60 @@ async def record(
     await record_many(conn, [Event(kind, action, object_id, summary, tenant_id)], hosts=hosts)
 
 
+def events_insert_sql(first: int) -> str:
+    """The INSERT of events from five arrays, parameters `$first`..`$first+4` (kinds,
+    actions, object ids, tenant ids, summaries; see `event_columns`), returning their
+    ids: for use alone or in a WITH of a bigger statement."""
+    k, a, o, t, s = (f"${first + i}" for i in range(5))
+    return (
+        "INSERT INTO events (kind, action, object_id, tenant_id, revision, summary) "
+        f"SELECT k, a, o, t::uuid, nextval('{REVISION_SEQUENCE}'), s FROM unnest("
+        f"{k}::text[], {a}::text[], {o}::text[], {t}::text[], {s}::text[]) AS e(k, a, o, t, s)"
+        " RETURNING id"
+    )
+
+
+def event_columns(events: Sequence[Event]) -> list[list[str | None]]:
+    return [
+        [e.kind for e in events],
+        [e.action for e in events],
+        [e.object_id for e in events],
+        [e.tenant_id for e in events],
+        [e.summary for e in events],
+    ]
+
+
+RECORD_SQL = f"WITH e AS ({events_insert_sql(1)}) SELECT max(id) FROM e"
+NOTIFY_SQL = (
+    f"WITH bumped AS (UPDATE hosts h SET revision = nextval('{REVISION_SEQUENCE}') "
+    "WHERE h.id = ANY($3::uuid[]) RETURNING 1) "
+    "SELECT pg_notify($1, $2), (SELECT count(*) FROM bumped)"
+)
+
+
 async def record_many(
     conn: AsyncConnection, events: Sequence[Event], *, hosts: Iterable[str] = ()
 ) -> None:
-    """Record events in one statement and send one NOTIFY naming the hosts to wake."""
+    """Record events and send one NOTIFY naming the hosts to wake."""
+    raw = await driver_connection(conn)
+    last_event = await raw.fetchval(RECORD_SQL, *event_columns(events))
+    await notify(raw, last_event, {e.kind for e in events}, hosts)
+
+
+async def notify(
+    raw: asyncpg.Connection,
+    last_event: int,
+    kinds: Iterable[str],
+    hosts: Iterable[str],
+    *,
+    bump: Sequence[str] = (),
+) -> None:
+    """The NOTIFY for events up to `last_event` that changes `hosts`; first give the
+    hosts with the ids in `bump` a new revision (the same statement)."""
     host_list = sorted(set(hosts))
-    rows = await conn.execute(
-        text(
-            "INSERT INTO events (kind, action, object_id, tenant_id, revision, summary) "
-            f"SELECT k, a, o, t::uuid, nextval('{REVISION_SEQUENCE}'), s FROM unnest("
-            "CAST(:k AS text[]), CAST(:a AS text[]), CAST(:o AS text[]), CAST(:t AS text[]),"
-            " CAST(:s AS text[])) AS e(k, a, o, t, s) RETURNING id"
-        ),
-        {
-            "k": [e.kind for e in events],
-            "a": [e.action for e in events],
-            "o": [e.object_id for e in events],
-            "t": [e.tenant_id for e in events],
-            "s": [e.summary for e in events],
-        },
-    )
-    last_event = max(r[0] for r in rows)
     named: list[str] | str = host_list if len(host_list) <= MAX_NAMED_HOSTS else ALL_HOSTS
-    kinds = sorted({e.kind for e in events})
-    payload = json.dumps({"event": last_event, "hosts": named, "kinds": kinds})
-    await conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANGES_CHANNEL, "p": payload})
+    payload = json.dumps({"event": last_event, "hosts": named, "kinds": sorted(set(kinds))})
+    await raw.fetch(NOTIFY_SQL, CHANGES_CHANNEL, payload, list(bump))
 
 
 class ChangeFeed:

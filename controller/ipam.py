@@ -15,12 +15,15 @@ Locks, always in this order, each held until commit:
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from controller.db import driver_connection
 from fabric.addressing import (
     DEFAULT_BLOCK_PREFIX,
     IPAddress,
@@ -35,6 +38,12 @@ from fabric.addressing import (
 
 POOL_LOCK = 0x7E4ACE01
 HOST_LOCK = 0x7E4ACE02
+
+
+def host_lock_sql(host_id: str, network_id: str) -> str:
+    """The SQL that takes lock 1 for the host and network named by two SQL expressions
+    (text of their uuids): every allocator, in any process, must take this same lock."""
+    return f"pg_advisory_xact_lock({HOST_LOCK & 0x7FFFFFFF}, hashtext({host_id} || {network_id}))"
 
 
 class Exhausted(Exception):
@@ -140,10 +149,11 @@ async def allocate_many(
     host's blocks, else new blocks, else (auto-grow) a new subnet, else borrowed ones.
     Fewer than `count` only when the network is exhausted; none raises `Exhausted`."""
     await conn.execute(
-        text("SELECT pg_advisory_xact_lock(:k, hashtext(:h || :n))"),
-        {"k": HOST_LOCK & 0x7FFFFFFF, "h": host_id, "n": network_id},
+        text("SELECT " + host_lock_sql("CAST(:h AS text)", "CAST(:n AS text)")),
+        {"h": host_id, "n": network_id},
     )
-    found = await _from_host_blocks(conn, network_id, host_id, family, count)
+    raw = await driver_connection(conn)
+    found = (await from_host_blocks(raw, network_id, host_id, [family], count))[family]
     subnets: list[dict[str, Any]] | None = None
     while len(found) < count:
         if subnets is None:
@@ -178,32 +188,37 @@ def _exhausted(network_id: str, family: int, *, has_subnets: bool) -> str:
     )
 
 
-async def _from_host_blocks(
-    conn: AsyncConnection, network_id: str, host_id: str, family: int, count: int
-) -> list[Allocation]:
-    # Used addresses come back as offsets into their block: no address parsing per row.
-    rows = (
-        await conn.execute(
-            text(
-                "SELECT b.id::text, b.cidr, b.subnet_id::text, "
-                "array_remove(array_agg(a.address - b.cidr::inet), NULL) AS used "
-                "FROM blocks b JOIN subnets s ON s.id = b.subnet_id "
-                "LEFT JOIN addresses a ON a.address <<= b.cidr "
-                "WHERE b.host_id = :h AND s.network_id = :n AND s.family = :f "
-                "GROUP BY b.id ORDER BY b.cidr"
-            ),
-            {"h": host_id, "n": network_id, "f": family},
-        )
-    ).all()
-    found: list[Allocation] = []
-    for block_id, cidr, subnet_id, used in rows:
-        block = ipaddress.ip_network(str(cidr))
-        if len(used) >= block.num_addresses:
+# Used addresses come back as offsets into their block: no address parsing per row.
+HOST_BLOCKS_SQL = (
+    "SELECT b.id::text, b.cidr, b.subnet_id::text, s.family, "
+    "array_remove(array_agg(a.address - b.cidr::inet), NULL) AS used "
+    "FROM blocks b JOIN subnets s ON s.id = b.subnet_id "
+    "LEFT JOIN addresses a ON a.address <<= b.cidr "
+    "WHERE b.host_id = $1::uuid AND s.network_id = $2::uuid AND s.family = ANY($3::int[]) "
+    "GROUP BY b.id, s.family ORDER BY s.family, b.cidr"
+)
+
+
+async def from_host_blocks(
+    raw: asyncpg.Connection,
+    network_id: str,
+    host_id: str,
+    families: Sequence[int],
+    count: int,
+) -> dict[int, list[Allocation]]:
+    """Family → up to `count` free addresses in the host's blocks of the network, lowest
+    first. Needs lock 1 taken by an earlier statement (this one reads after it)."""
+    found: dict[int, list[Allocation]] = {f: [] for f in families}
+    for block_id, cidr, subnet_id, family, used in await raw.fetch(
+        HOST_BLOCKS_SQL, host_id, network_id, list(families)
+    ):
+        out = found[family]
+        size = cidr.num_addresses
+        if len(out) == count or len(used) >= size:
             continue
-        for offset in free_offsets(block.num_addresses, used, count - len(found)):
-            found.append(Allocation(block.network_address + offset, subnet_id, block_id))
-        if len(found) == count:
-            return found
+        base = cidr.network_address
+        for offset in free_offsets(size, used, count - len(out)):
+            out.append(Allocation(base + offset, subnet_id, block_id))
     return found
 
 

@@ -78,10 +78,18 @@ def problem_response(problem: Problem, request: web.Request | None = None) -> we
     )
 
 
+def database_cause(exc: BaseException) -> BaseException:
+    """The asyncpg error under a SQLAlchemy one (or `exc` itself, raised by asyncpg)."""
+    orig = getattr(exc, "orig", None)
+    if orig is None:
+        return exc
+    cause: BaseException = getattr(orig, "__cause__", None) or orig
+    return cause
+
+
 def _from_database_error(exc: Exception) -> Problem | None:
     """Map what Postgres says about user input to a 409/400, outages to 503."""
-    orig = getattr(exc, "orig", None)
-    cause = getattr(orig, "__cause__", None) or orig
+    cause = database_cause(exc)
     if isinstance(cause, asyncpg.ExclusionViolationError):
         return conflict(f"overlaps an existing range ({_constraint(cause)})", kind="overlap")
     if isinstance(cause, asyncpg.UniqueViolationError):
@@ -95,7 +103,11 @@ def _from_database_error(exc: Exception) -> Problem | None:
     if isinstance(cause, asyncpg.DataError | asyncpg.NumericValueOutOfRangeError):
         return bad_request(f"invalid value: {cause}")
     if isinstance(exc, OperationalError | InterfaceError) or isinstance(
-        cause, OSError | asyncpg.PostgresConnectionError | asyncpg.CannotConnectNowError
+        cause,
+        OSError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.InterfaceError,
     ):
         return Problem(503, "the database is unavailable; retry shortly", kind="unavailable")
     return None
@@ -123,7 +135,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             return problem_response(Problem(exc.status, detail, kind=kind), request)
         detail = exc.text if exc.text and not exc.text.startswith("<") else exc.reason
         return problem_response(Problem(exc.status, detail or exc.reason), request)
-    except (DBAPIError, PoolTimeout, OSError, asyncpg.PostgresError) as exc:
+    except (DBAPIError, PoolTimeout, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         mapped = _from_database_error(exc)
         if mapped is None and isinstance(exc, PoolTimeout | OSError):
             mapped = Problem(503, "the database is unavailable; retry shortly", kind="unavailable")
