@@ -2,10 +2,12 @@
 
 Pure half: `render_exabgp_config` (one session per peer in `state.peers`, graceful
 restart, manual end-of-RIB), `desired_prefixes` (blocks and borrowed addresses) and
-`batch_commands` (`announce|withdraw attributes next-hop self nlri P1 P2 ...`, one family
-per line, each line under `MAX_LINE_BYTES`), `parse_api_line` (ExaBGP's JSON encoder).
+`batch_commands` (`terrace announce-nlri|withdraw-nlri ipv4|ipv6 <compact>`, the commands
+`speaker.exabgp_launcher` adds to ExaBGP, one family per line, each line under
+`MAX_LINE_BYTES`), `parse_api_line` (ExaBGP's JSON encoder).
 
-Acting half: `BgpSpeaker` runs ExaBGP with `speaker.exabgp_relay` as its API process,
+Acting half: `BgpSpeaker` runs ExaBGP (through `speaker.exabgp_launcher`) with
+`speaker.exabgp_relay` as its API process,
 talks to it over a unix socket in its runtime directory, always drains acks and events,
 announces what is desired and withdraws what is not, re-injects everything when ExaBGP
 restarts (it loses its RIB), restarts it when the peers change, and adopts an ExaBGP left
@@ -34,11 +36,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fabric.state import HostState, Peer
+from speaker.compact_nlri import encode_wire, nlri_wire, parse_prefix
+from speaker.exabgp_launcher import ANNOUNCE_COMMAND, WITHDRAW_COMMAND
 
 log = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 256 * 1024
-"""Well under ExaBGP's 1 MiB API line limit; one line is one BGP batch."""
+"""Well under ExaBGP's 1 MiB API line limit; one line (~50,000 /32s) is one BGP batch."""
 
 GRACEFUL_RESTART_SECONDS = 120
 WITHDRAW_FLUSH_SECONDS = 1.0
@@ -105,29 +109,30 @@ def desired_prefixes(state: HostState) -> set[str]:
     return prefixes
 
 
-def _prefix_key(prefix: str) -> tuple[int, Any]:
-    network = ipaddress.ip_network(prefix)
-    return network.version, network
-
-
 def batch_commands(
     action: Action, prefixes: Iterable[str], *, max_bytes: int = MAX_LINE_BYTES
 ) -> list[Batch]:
-    """Lines of at most `max_bytes`, one address family per line, in address order."""
+    """`terrace announce-nlri|withdraw-nlri ipv4|ipv6 <compact>` lines (the launcher's
+    commands) of at most `max_bytes`, one address family per line, in address order."""
+    parsed = sorted((*parse_prefix(p), p) for p in set(prefixes))
+    command = ANNOUNCE_COMMAND if action == "announce" else WITHDRAW_COMMAND
     batches: list[Batch] = []
-    ordered = sorted(set(prefixes), key=_prefix_key)
     for family in (4, 6):
-        head = f"{action} attributes next-hop self nlri"
-        current: list[str] = []
-        size = len(head)
-        for prefix in (p for p in ordered if ipaddress.ip_network(p).version == family):
-            if current and size + 1 + len(prefix) > max_bytes:
-                batches.append(Batch(f"{head} {' '.join(current)}", tuple(current)))
-                current, size = [], len(head)
-            current.append(prefix)
-            size += 1 + len(prefix)
-        if current:
-            batches.append(Batch(f"{head} {' '.join(current)}", tuple(current)))
+        head = f"{command} {AFI[family]} "
+        budget = (max_bytes - len(head)) // 4 * 3  # wire bytes whose base64 fits
+        wires: list[bytes] = []
+        names: list[str] = []
+        size = 0
+        for _, packed, length, prefix in (p for p in parsed if p[0] == family):
+            wire = nlri_wire(packed, length)
+            if wires and size + len(wire) > budget:
+                batches.append(Batch(head + encode_wire(wires), tuple(names)))
+                wires, names, size = [], [], 0
+            wires.append(wire)
+            names.append(prefix)
+            size += len(wire)
+        if wires:
+            batches.append(Batch(head + encode_wire(wires), tuple(names)))
     return batches
 
 
@@ -141,6 +146,7 @@ def _neighbor_block(peer: Peer, router_id: str, graceful_restart: int) -> str:
     hold-time {peer.hold_time};
     manual-eor true;
     group-updates true;
+    adj-rib-in false;
     capability {{
         graceful-restart {graceful_restart};
     }}
@@ -277,7 +283,8 @@ class ExabgpProcess:
 
 
 def default_exabgp_command() -> list[str]:
-    return [sys.executable, "-m", "exabgp"]
+    """ExaBGP with our compact announce/withdraw commands registered."""
+    return [sys.executable, "-m", "speaker.exabgp_launcher"]
 
 
 class BgpSpeaker:
@@ -316,6 +323,7 @@ class BgpSpeaker:
         self._eor_due: set[str] = set()
         self._eor_sent: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._relays: set[asyncio.Task[Any]] = set()
         self._supervisor: asyncio.Task[None] | None = None
         self._restarts = 0
 
@@ -380,13 +388,17 @@ class BgpSpeaker:
             await self._stop_exabgp(signal.SIGTERM)
         for task in list(self._tasks):
             task.cancel()
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        # Stop accepting first: a relay that reconnected now would keep its ExaBGP from
+        # ever seeing itself orphaned.
         if self._server is not None:
             self._server.close()
             self._server = None
         self.socket_path.unlink(missing_ok=True)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._relays:  # each ends at the EOF of its closed connection
+            await asyncio.wait(self._relays, timeout=1.0)
 
     # ---- process -------------------------------------------------------------------
 
@@ -464,6 +476,10 @@ class BgpSpeaker:
 
     async def _on_relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """A relay connected: the API of a new or adopted ExaBGP. Re-sync, then keep reading."""
+        relay = asyncio.current_task()
+        if relay is not None:
+            self._relays.add(relay)
+            relay.add_done_callback(self._relays.discard)
         if self._writer is not None:
             self._writer.close()
         self._fail_acks()

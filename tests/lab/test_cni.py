@@ -242,6 +242,9 @@ def test_failed_add_leaves_nothing_and_del_after_it_succeeds(
     assert status == 1 and out is not None and out["code"] == 7, out
     assert "not-" in out["msg"]
     assert not endpoints_named(lab, f"cni-{sandbox.container_id}-eth0")
+    # h1's speaker may have seen the endpoint before the rollback deleted it: once it has
+    # applied the current revision, nothing of the failed ADD is left in the container.
+    lab.wait_host_applied("h1")
     assert "eth0" not in sandbox.run("ip", "-o", "link").stdout
     assert not lab.api.get("/v1/endpoints", network_id=network["id"])
     runtime.ok("DEL", wrong, **attach)

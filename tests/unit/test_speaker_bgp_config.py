@@ -18,6 +18,7 @@ from speaker.bgp import (
     parse_api_line,
     render_exabgp_config,
 )
+from speaker.compact_nlri import decode_prefixes, format_prefix
 
 STATE = HostState(
     revision=3,
@@ -77,11 +78,21 @@ def test_desired_prefixes_are_blocks_and_borrowed_host_routes() -> None:
     }
 
 
+def decoded(line: str) -> list[str]:
+    _, _, afi, compact = line.split(" ")
+    family = 4 if afi == "ipv4" else 6
+    return [format_prefix(*p) for p in decode_prefixes(compact, family)]
+
+
 def test_batches_never_mix_families() -> None:
     batches = batch_commands("announce", desired_prefixes(STATE))
     assert [b.line for b in batches] == [
-        "announce attributes next-hop self nlri 10.64.0.0/28 10.65.0.7/32",
-        "announce attributes next-hop self nlri 2001:db8::/120 2001:db8:1::5/128",
+        "terrace announce-nlri ipv4 HApAAAAgCkEABw==",
+        "terrace announce-nlri ipv6 eCABDbgAAAAAAAAAAAAAAIAgAQ24AAEAAAAAAAAAAAAF",
+    ]
+    assert [decoded(b.line) for b in batches] == [
+        ["10.64.0.0/28", "10.65.0.7/32"],
+        ["2001:db8::/120", "2001:db8:1::5/128"],
     ]
 
 
@@ -104,8 +115,8 @@ def test_batches_respect_the_size_limit_and_lose_nothing(items: list[str], limit
     assert all(len(b.line) <= limit for b in batches)
     assert sorted(p for b in batches for p in b.prefixes) == sorted(set(items))
     for batch in batches:
-        assert batch.line.startswith("withdraw attributes next-hop self nlri ")
-        assert batch.line.split(" nlri ")[1].split() == list(batch.prefixes)
+        assert batch.line.startswith(("terrace withdraw-nlri ipv4 ", "terrace withdraw-nlri ipv6 "))
+        assert decoded(batch.line) == list(batch.prefixes)
         assert len({ipaddress.ip_network(p).version for p in batch.prefixes}) == 1
 
 
